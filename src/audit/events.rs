@@ -1,0 +1,95 @@
+//! The typed audit events. Each variant has a stable name and a schema version; add a new
+//! variant (or bump the version) rather than changing the fields of an existing one.
+
+use serde::{Deserialize, Serialize};
+
+/// Something security-relevant that happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The installation was created.
+    Initialized {},
+    /// A user was created.
+    UserAdded { user: String, role: String, org: Option<String>, expires_at: Option<i64> },
+    /// A user was disabled.
+    UserDisabled { user: String },
+    /// A user's TOTP seed was replaced.
+    MfaReset { user: String },
+    /// A public key was added to a user.
+    UserKeyAdded { user: String, fingerprint: String },
+    /// A public key was removed.
+    UserKeyRemoved { user: String, fingerprint: String },
+    /// A target was created.
+    TargetAdded {
+        target: String,
+        address: String,
+        login: String,
+        credential_kind: String,
+        host_key_fingerprint: Option<String>,
+    },
+    /// A target was removed.
+    TargetRemoved { target: String },
+    /// A target's secret got a new version.
+    SecretRotated { target: String, kind: String, version: i64 },
+    /// A login succeeded.
+    LoginSucceeded { user: String, method: String, source: String },
+    /// A login failed. `user` is what the client sent.
+    LoginFailed { user: String, source: String, reason: String },
+    /// Too many failures: a user or address is locked for a while.
+    LockedOut { scope: String, until: i64 },
+    /// A grant was issued.
+    GrantIssued { grant_id: i64, user: String, target: String, valid_from: i64, valid_until: i64, by: String },
+    /// A grant was revoked.
+    GrantRevoked { grant_id: i64, by: String },
+    /// A session to a target began.
+    SessionStarted { session: String, user: String, target: String, source: String, grant_id: i64 },
+    /// A session ended.
+    SessionEnded {
+        session: String,
+        reason: String,
+        bytes_up: i64,
+        bytes_down: i64,
+        recording: Option<String>,
+        recording_sha256: Option<String>,
+    },
+    /// A session was refused after login.
+    SessionRefused { user: String, target: String, source: String, reason: String },
+    /// The target presented a host key other than the pinned one.
+    HostKeyMismatch { target: String, expected: Option<String>, presented: String },
+    /// A kill was requested for a session.
+    SessionKillRequested { session: String, by: String },
+    /// A file went through scp or sftp.
+    FileTransferred { session: String, direction: String, path: String, size: i64, sha256: String },
+    /// A channel request was refused by policy.
+    ChannelRefused { session: String, kind: String, detail: String },
+}
+
+impl Event {
+    /// The stored type name and schema version.
+    pub fn kind(&self) -> (&'static str, i64) {
+        let name = match self {
+            Event::Initialized {} => "initialized",
+            Event::UserAdded { .. } => "user.added",
+            Event::UserDisabled { .. } => "user.disabled",
+            Event::MfaReset { .. } => "user.mfa_reset",
+            Event::UserKeyAdded { .. } => "user.key_added",
+            Event::UserKeyRemoved { .. } => "user.key_removed",
+            Event::TargetAdded { .. } => "target.added",
+            Event::TargetRemoved { .. } => "target.removed",
+            Event::SecretRotated { .. } => "target.secret_rotated",
+            Event::LoginSucceeded { .. } => "login.succeeded",
+            Event::LoginFailed { .. } => "login.failed",
+            Event::LockedOut { .. } => "login.locked_out",
+            Event::GrantIssued { .. } => "grant.issued",
+            Event::GrantRevoked { .. } => "grant.revoked",
+            Event::SessionStarted { .. } => "session.started",
+            Event::SessionEnded { .. } => "session.ended",
+            Event::SessionRefused { .. } => "session.refused",
+            Event::HostKeyMismatch { .. } => "target.host_key_mismatch",
+            Event::SessionKillRequested { .. } => "session.kill_requested",
+            Event::FileTransferred { .. } => "session.file_transferred",
+            Event::ChannelRefused { .. } => "session.channel_refused",
+        };
+        (name, 1)
+    }
+}

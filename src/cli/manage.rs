@@ -1,0 +1,351 @@
+//! Handlers of the management commands (`user`, `target`, `grant`, `session`, `audit`).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+
+use crate::access;
+use crate::app::App;
+use crate::audit::{self, Verdict};
+use crate::auth::totp;
+use crate::clock::fmt_ts;
+use crate::secret::Secret;
+use crate::sessions;
+use crate::targets::{self, CredentialKind, NewTarget};
+use crate::users::{self, NewUser, Role};
+
+use super::{read_stdin_all, read_stdin_line, AuditCmd, CredentialArgs, GrantCmd, SessionCmd, TargetCmd, UserCmd};
+
+const ACTOR: &str = "cli";
+
+/// Prints a new user's enrolment: the otpauth URI and the QR code.
+pub(crate) fn print_enrolment(name: &str, uri: &Secret) {
+    println!("TOTP for {name}: scan this with an authenticator app (or enter the URI):");
+    println!("{}", totp::qr_for_terminal(uri));
+    println!("{}", uri.expose_str().unwrap_or(""));
+}
+
+fn parse_expiry(s: &str) -> anyhow::Result<i64> {
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("invalid --expires {s:?}: expected YYYY-MM-DD"))?;
+    // The account works through the whole given day (UTC).
+    let next = d.succ_opt().context("date out of range")?;
+    Ok(next.and_hms_opt(0, 0, 0).context("date out of range")?.and_utc().timestamp())
+}
+
+pub(crate) async fn user(config: &Path, cmd: UserCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        UserCmd::Add { name, role, org, expires, password_stdin, no_password } => {
+            let role: Role = role.parse()?;
+            let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
+            let (password, generated) = if no_password {
+                (None, false)
+            } else if password_stdin {
+                (Some(read_stdin_line("password")?), false)
+            } else {
+                (Some(Secret::from_string(crate::auth::random_token(20))), true)
+            };
+            let enrol = users::add(
+                &app,
+                ACTOR,
+                NewUser { name: name.clone(), role, org, expires_at, password: password.clone() },
+            )
+            .await?;
+            println!("User {name} added ({role}).");
+            if generated {
+                if let Some(p) = &password {
+                    println!("Password (shown once): {}", p.expose_str().unwrap_or(""));
+                }
+            }
+            print_enrolment(&name, &enrol.otpauth_uri);
+        }
+        UserCmd::List { json } => {
+            let list = users::list(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<20} {:<8} {:<24} {:<10} {:<20}", "NAME", "ROLE", "ORG", "STATE", "EXPIRES");
+                let now = app.clock.now();
+                for u in list {
+                    let state = if u.disabled {
+                        "disabled"
+                    } else if !u.usable_at(now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<20} {:<8} {:<24} {:<10} {:<20}",
+                        u.name,
+                        u.role.to_string(),
+                        u.org.unwrap_or_default(),
+                        state,
+                        u.expires_at.map(fmt_ts).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        UserCmd::Disable { name } => {
+            users::disable(&app, ACTOR, &name).await?;
+            println!("User {name} disabled.");
+        }
+        UserCmd::ResetMfa { name } => {
+            let enrol = users::reset_mfa(&app, ACTOR, &name).await?;
+            println!("TOTP of {name} replaced; the old authenticator entry no longer works.");
+            print_enrolment(&name, &enrol.otpauth_uri);
+        }
+        UserCmd::AddKey { name, key, key_file } => {
+            let line = match (key, key_file) {
+                (Some(k), _) => k,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                (None, None) => anyhow::bail!("give --key or --key-file"),
+            };
+            let fp = users::add_key(&app, ACTOR, &name, &line).await?;
+            println!("Key {fp} added to {name}.");
+        }
+        UserCmd::RemoveKey { name, key } => {
+            users::remove_key(&app, ACTOR, &name, &key).await?;
+            println!("Key removed from {name}.");
+        }
+    }
+    Ok(())
+}
+
+fn read_credential(c: &CredentialArgs) -> anyhow::Result<Option<(CredentialKind, Secret)>> {
+    if c.password_stdin {
+        return Ok(Some((CredentialKind::Password, read_stdin_line("target password")?)));
+    }
+    if let Some(f) = &c.key_file {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read key file {}", f.display()))?;
+        return Ok(Some((CredentialKind::PrivateKey, Secret::new(bytes))));
+    }
+    if c.kbdint_stdin {
+        return Ok(Some((CredentialKind::KeyboardInteractive, read_stdin_all("keyboard-interactive answers")?)));
+    }
+    Ok(None)
+}
+
+pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        TargetCmd::Add {
+            name,
+            address,
+            login,
+            protocol,
+            credential,
+            host_key,
+            fetch_host_key,
+            site,
+            zone,
+            criticality,
+        } => {
+            let cred = read_credential(&credential)?
+                .context("give the target credential: --password-stdin, --key-file or --kbdint-stdin")?;
+            let host_key = if fetch_host_key {
+                let (host, port) = targets::parse_address(&address)?;
+                let key = crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream).await?;
+                println!("Fetched host key of {address}: {}", crate::keys::fingerprint(&key));
+                Some(crate::keys::to_openssh(&key))
+            } else {
+                host_key
+            };
+            let host_key =
+                host_key.context("give --host-key or --fetch-host-key: the target's identity must be pinned")?;
+            let t = targets::add(
+                &app,
+                ACTOR,
+                NewTarget {
+                    name,
+                    protocol,
+                    address,
+                    login,
+                    credential: cred,
+                    host_key: Some(host_key),
+                    site,
+                    zone,
+                    criticality,
+                },
+            )
+            .await?;
+            println!(
+                "Target {} added ({} as {}, host key {}).",
+                t.name,
+                t.address(),
+                t.login,
+                t.host_key_fingerprint().unwrap_or_default()
+            );
+        }
+        TargetCmd::List { json } => {
+            let list = targets::list(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<20} {:<6} {:<24} {:<12} {:<12} {:<10} {:<10}",
+                    "NAME", "PROTO", "ADDRESS", "LOGIN", "SITE", "ZONE", "CRIT"
+                );
+                for t in list {
+                    println!(
+                        "{:<20} {:<6} {:<24} {:<12} {:<12} {:<10} {:<10}",
+                        t.name,
+                        t.protocol,
+                        t.address(),
+                        t.login,
+                        t.site.clone().unwrap_or_default(),
+                        t.zone.clone().unwrap_or_default(),
+                        t.criticality.clone().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        TargetCmd::Show { name } => {
+            let t = targets::get(&app, &name).await?;
+            println!("name:          {}", t.name);
+            println!("protocol:      {}", t.protocol);
+            println!("address:       {}", t.address());
+            println!("login:         {}", t.login);
+            println!("credential:    {} (vaulted)", t.credential_kind.as_str());
+            println!("host key:      {}", t.host_key_fingerprint().unwrap_or_else(|| "(none)".into()));
+            println!(
+                "site/zone/crit: {} / {} / {}",
+                t.site.unwrap_or_default(),
+                t.zone.unwrap_or_default(),
+                t.criticality.unwrap_or_default()
+            );
+        }
+        TargetCmd::Remove { name } => {
+            targets::remove(&app, ACTOR, &name).await?;
+            println!("Target {name} removed.");
+        }
+        TargetCmd::SetSecret { name, credential } => {
+            let (kind, secret) = read_credential(&credential)?
+                .context("give the new credential: --password-stdin, --key-file or --kbdint-stdin")?;
+            let v = targets::set_secret(&app, ACTOR, &name, kind, secret).await?;
+            println!("Credential of {name} rotated to version {v}.");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn grant(config: &Path, cmd: GrantCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        GrantCmd::Add { user, target, duration } => {
+            let secs = access::parse_duration(&duration)?;
+            let now = app.clock.now();
+            let g = access::issue(&app, ACTOR, &user, &target, now, now + secs).await?;
+            println!("Grant {} issued: {user} may reach {target} until {}.", g.id, fmt_ts(g.valid_until));
+        }
+        GrantCmd::List { json } => {
+            let list = access::list(&app, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<6} {:<16} {:<16} {:<24} {:<24} {:<8}", "ID", "USER", "TARGET", "FROM", "UNTIL", "STATE");
+                let now = app.clock.now();
+                for g in list {
+                    let u = users::by_id(&app, g.user_id).await.map(|u| u.name).unwrap_or_default();
+                    let t = targets::by_id(&app, g.target_id).await.map(|t| t.name).unwrap_or_default();
+                    let state = if g.revoked_at.is_some() {
+                        "revoked"
+                    } else if g.live_at(now) {
+                        "live"
+                    } else if g.valid_from > now {
+                        "upcoming"
+                    } else {
+                        "ended"
+                    };
+                    println!(
+                        "{:<6} {:<16} {:<16} {:<24} {:<24} {:<8}",
+                        g.id,
+                        u,
+                        t,
+                        fmt_ts(g.valid_from),
+                        fmt_ts(g.valid_until),
+                        state
+                    );
+                }
+            }
+        }
+        GrantCmd::Revoke { id } => {
+            access::revoke(&app, ACTOR, id).await?;
+            println!("Grant {id} revoked; its live sessions end within 2 s.");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn session(config: &Path, cmd: SessionCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        SessionCmd::List { json, live } => {
+            let list = sessions::list(&app, live).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<34} {:<12} {:<14} {:<22} {:<24} {:<8} {:>10} {:>10}",
+                    "ID", "USER", "TARGET", "CLIENT", "STARTED", "STATE", "UP", "DOWN"
+                );
+                for s in list {
+                    let state = s.end_reason.clone().unwrap_or_else(|| "live".into());
+                    println!(
+                        "{:<34} {:<12} {:<14} {:<22} {:<24} {:<8} {:>10} {:>10}",
+                        s.id,
+                        s.user,
+                        s.target,
+                        s.client_addr,
+                        fmt_ts(s.started_at),
+                        state,
+                        s.bytes_up,
+                        s.bytes_down
+                    );
+                }
+            }
+        }
+        SessionCmd::Kill { id } => {
+            let full = sessions::request_kill(&app, ACTOR, &id).await?;
+            println!("Session {full} will be ended within 2 s.");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn audit(config: &Path, cmd: AuditCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        AuditCmd::Verify => match audit::verify(&app.store).await? {
+            Verdict::Intact { count, head } => {
+                println!("audit chain intact: {count} events (head {head})");
+                Ok(())
+            }
+            Verdict::Broken { seq, reason } => anyhow::bail!("audit chain broken at event {seq}: {reason}"),
+        },
+        AuditCmd::Export { format: _, output } => {
+            let mut out: Box<dyn Write> = match &output {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut after = 0;
+            loop {
+                let batch = audit::read(&app.store, after, 1000).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.seq;
+                for r in &batch {
+                    serde_json::to_writer(&mut out, r)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `penstock serve` and `penstock quickstart`.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::app::App;
+use crate::config::{Config, LogFormat};
+use crate::secret::Secret;
+use crate::users::{self, NewUser, Role};
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config_path)?;
+    init_tracing(&cfg);
+    let app = App::open(cfg).await?;
+    run(app).await
+}
+
+async fn run(app: App) -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let ssh = crate::ssh::server::Server::bind(app.clone()).await?;
+    tracing::info!(listen = %ssh.local_addr(), "ssh listener ready");
+    let ssh_task = tokio::spawn(ssh.run());
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        r = ssh_task => { r.context("ssh listener panicked")??; }
+    }
+    app.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates `dir` with three users on first use, prints how to log in, and serves.
+pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
+    let config_path = dir.join("penstock.toml");
+    if !config_path.exists() {
+        super::init::init(dir, None).await?;
+        let app = App::open_path(&config_path).await?;
+        println!("Created a local Penstock installation in {}.\n", dir.display());
+        for (name, role, org) in [
+            ("admin", Role::Admin, None),
+            ("manager", Role::Manager, Some("Plant")),
+            ("vendor", Role::Vendor, Some("Acme Automation")),
+        ] {
+            let password = Secret::from_string(crate::auth::random_token(16));
+            let enrol = users::add(
+                &app,
+                "quickstart",
+                NewUser {
+                    name: name.into(),
+                    role,
+                    org: org.map(str::to_string),
+                    expires_at: None,
+                    password: Some(password.clone()),
+                },
+            )
+            .await?;
+            println!("== {name} ({role}) password: {}", password.expose_str().unwrap_or(""));
+            super::manage::print_enrolment(name, &enrol.otpauth_uri);
+        }
+        app.store.close().await;
+        println!("These passwords and QR codes are shown only now.\n");
+    } else {
+        println!("Using the existing installation in {}.", dir.display());
+    }
+    let mut cfg = Config::load(&config_path)?;
+    cfg.ssh.listen = ssh_listen.parse().with_context(|| format!("invalid --ssh-listen {ssh_listen:?}"))?;
+    let port = cfg.ssh.listen.port();
+    println!("Add a target:   penstock -c {} target add NAME --address HOST:22 --login USER --password-stdin --fetch-host-key", config_path.display());
+    println!("Grant access:   penstock -c {} grant add --user vendor --target NAME --for 2h", config_path.display());
+    println!("Log in:         ssh -p {port} vendor@NAME@{}   (password, then the 6-digit code)\n", cfg.ssh.listen.ip());
+    init_tracing(&cfg);
+    run(App::open(cfg).await?).await
+}

@@ -1,0 +1,414 @@
+//! `penstock.toml`: loading, defaults, `PENSTOCK_<SECTION>_<KEY>` overrides, and errors that
+//! name the file, line and key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Relative paths are relative to the config file's folder.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SSH front end.
+    pub ssh: SshConfig,
+    /// Web console.
+    pub web: WebConfig,
+    /// Store.
+    pub database: DatabaseConfig,
+    /// Session recordings.
+    pub recordings: RecordingsConfig,
+    /// Secret storage.
+    pub vault: VaultConfig,
+    /// Login rules.
+    pub auth: AuthConfig,
+    /// Connections to targets.
+    pub upstream: UpstreamConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Policies.
+    pub policies: PoliciesConfig,
+    /// Folder of the config file; set by [`Config::load`].
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[ssh]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Host key file (OpenSSH private key format).
+    pub host_key: PathBuf,
+    /// Seconds a client has to finish logging in.
+    pub login_timeout_secs: u64,
+    /// Most connections that may be logging in at once.
+    pub max_pending_logins: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:2222".parse().expect("static address"),
+            host_key: PathBuf::from("ssh_host_ed25519_key"),
+            login_timeout_secs: 60,
+            max_pending_logins: 64,
+        }
+    }
+}
+
+/// `[web]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:8443".parse().expect("static address") }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://FILE` or `postgres://...`. Empty: `penstock.db` in the data folder.
+    pub url: String,
+}
+
+/// `[recordings]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingsConfig {
+    /// Folder recordings are written to.
+    pub dir: PathBuf,
+    /// Whether sessions are recorded. Off is for benchmarks only.
+    pub enabled: bool,
+    /// Refuse new sessions when less than this many MiB are free.
+    pub min_free_mib: u64,
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64 }
+    }
+}
+
+/// `[vault]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Master key file. `$CREDENTIALS_DIRECTORY/master.key` wins when set (systemd).
+    pub master_key: PathBuf,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self { master_key: PathBuf::from("master.key") }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failures within the window that lock a user or a source address.
+    pub max_failures: u32,
+    /// The window, in seconds.
+    pub lockout_window_secs: i64,
+    /// Issuer shown in authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { max_failures: 5, lockout_window_secs: 900, totp_issuer: "Penstock".into() }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Seconds to wait for TCP connect.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for the SSH handshake and login.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self { connect_timeout_secs: 10, handshake_timeout_secs: 15 }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `penstock=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// `[policies]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Folder of `*.toml` policy files.
+    pub dir: PathBuf,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("policies") }
+    }
+}
+
+const SECTIONS: &[&str] = &["ssh", "web", "database", "recordings", "vault", "auth", "upstream", "log", "policies"];
+
+impl Config {
+    /// Reads `path`, applies `PENSTOCK_<SECTION>_<KEY>` overrides from the environment and
+    /// resolves relative paths. Errors name the file, line and key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::parse(&text, path, &env)
+    }
+
+    /// Parses config text; `env` is the environment to take overrides from.
+    pub fn parse(text: &str, path: &Path, env: &[(String, String)]) -> anyhow::Result<Config> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| located(path, text, &e))?;
+        // Check the file on its own first, so errors point at its lines.
+        toml::from_str::<Config>(text).map_err(|e| located(path, text, &e))?;
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("PENSTOCK_") else { continue };
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            let section = section.to_ascii_lowercase();
+            if !SECTIONS.contains(&section.as_str()) {
+                continue;
+            }
+            let value = parse_env_value(raw);
+            let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(sect) = entry.as_table_mut() else {
+                bail!("{name}: [{section}] in {} is not a table", path.display());
+            };
+            sect.insert(key.to_ascii_lowercase(), value);
+        }
+        let mut cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("environment override: {}", e.message()))?;
+        cfg.base_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok(cfg)
+    }
+
+    /// A path from the config made absolute against the config's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Database URL, defaulting to `penstock.db` beside the config.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.resolve(Path::new("penstock.db")).display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Master key path, preferring systemd's credential folder.
+    pub fn master_key_path(&self) -> PathBuf {
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = Path::new(&dir).join("master.key");
+            if p.exists() {
+                return p;
+            }
+        }
+        self.resolve(&self.vault.master_key)
+    }
+
+    /// Recordings folder.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.resolve(&self.recordings.dir)
+    }
+
+    /// Policies folder.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.resolve(&self.policies.dir)
+    }
+
+    /// Host key file.
+    pub fn host_key_path(&self) -> PathBuf {
+        self.resolve(&self.ssh.host_key)
+    }
+}
+
+/// A value from the environment: TOML if it parses as one, else a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Turns a toml error into `FILE:LINE: [section] key: message`.
+fn located(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let section = before
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    let l = l.trim();
+                    l.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(str::to_string)
+                })
+                .map(|s| format!("[{s}] "))
+                .unwrap_or_default();
+            let key = text[span.start.min(text.len())..span.end.min(text.len())]
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let key = if key.is_empty() || key.contains('\n') { String::new() } else { format!("key `{key}`: ") };
+            anyhow!("{}:{line}: {section}{key}{msg}", path.display())
+        }
+        None => anyhow!("{}: {msg}", path.display()),
+    }
+}
+
+/// The commented config `init` writes.
+pub fn default_config_text(database_url: &str) -> String {
+    format!(
+        r#"# Penstock configuration. Every key can be overridden by an environment variable
+# PENSTOCK_<SECTION>_<KEY>, e.g. PENSTOCK_SSH_LISTEN=127.0.0.1:2022.
+# Relative paths are relative to the folder of this file.
+
+[ssh]
+# Where vendors connect with OpenSSH: ssh -p 2222 VENDOR@TARGET@gateway
+listen = "0.0.0.0:2222"
+# The gateway's own host key (generated by `penstock init`).
+host_key = "ssh_host_ed25519_key"
+# Seconds a client gets to finish logging in.
+login_timeout_secs = 60
+
+[web]
+# Web console (arrives with the web console issue).
+listen = "0.0.0.0:8443"
+
+[database]
+# SQLite (embedded default) or PostgreSQL: url = "postgres://penstock@localhost/penstock"
+url = "{database_url}"
+
+[recordings]
+dir = "recordings"
+# New sessions are refused when the recordings disk has less free space than this.
+min_free_mib = 64
+
+[vault]
+# 32-byte master key that encrypts every vaulted secret. Under systemd, LoadCredential=master.key
+# wins over this path.
+master_key = "master.key"
+
+[auth]
+# Lock a user, and separately a source address, after this many failures in the window.
+max_failures = 5
+lockout_window_secs = 900
+totp_issuer = "Penstock"
+
+[upstream]
+connect_timeout_secs = 10
+handshake_timeout_secs = 15
+
+[log]
+# "text" or "json"
+format = "text"
+level = "info"
+
+[policies]
+dir = "policies"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Config::parse(text, Path::new("/etc/penstock/penstock.toml"), &env)
+    }
+
+    #[test]
+    fn defaults_and_default_text_parse() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.ssh.listen.port(), 2222);
+        assert_eq!(c.web.listen.port(), 8443);
+        let c = parse(&default_config_text("sqlite:///x.db"), &[]).unwrap();
+        assert_eq!(c.database.url, "sqlite:///x.db");
+        assert_eq!(c.auth.max_failures, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[ssh]\nlisen = \"1.2.3.4:22\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("/etc/penstock/penstock.toml:2"), "{err}");
+        assert!(err.contains("[ssh]"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let err = parse("[log]\nformat = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let c = parse(
+            "[ssh]\nlisten = \"0.0.0.0:2222\"\n",
+            &[("PENSTOCK_SSH_LISTEN", "127.0.0.1:2022"), ("PENSTOCK_AUTH_MAX_FAILURES", "9"), ("PENSTOCK_CONFIG", "x")],
+        )
+        .unwrap();
+        assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2022");
+        assert_eq!(c.auth.max_failures, 9);
+        let err = parse("", &[("PENSTOCK_SSH_LISTN", "x")]).unwrap_err().to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+}

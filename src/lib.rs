@@ -1,0 +1,23 @@
+//! Penstock: a just-in-time privileged-access gateway for OT maintenance.
+//!
+//! The crate is split into a protocol-free core (`auth`, `vault`, `audit`, `store`, `access`,
+//! `recording`) and front ends (`ssh`) that translate a protocol into calls on that core.
+//! See `docs/ARCHITECTURE.md` for the flow.
+
+pub mod access;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod recording;
+pub mod secret;
+pub mod sessions;
+pub mod ssh;
+pub mod store;
+pub mod targets;
+pub mod users;
+pub mod vault;

@@ -1,0 +1,286 @@
+//! Session rows: who reached what, when, how much moved, how it ended, and its recording.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::app::App;
+use crate::audit::{self, Event};
+use crate::error::{invalid, Error, Result};
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client or target closed it.
+    Closed,
+    /// `session kill` or a revoke.
+    Killed,
+    /// The grant ran out.
+    Expired,
+    /// Something failed.
+    Error,
+}
+
+impl EndReason {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Killed => "killed",
+            EndReason::Expired => "expired",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// A session as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    /// Id (32 hex digits).
+    pub id: String,
+    /// User name.
+    pub user: String,
+    /// Target name.
+    pub target: String,
+    /// Client address.
+    pub client_addr: String,
+    /// Start (Unix seconds).
+    pub started_at: i64,
+    /// End.
+    pub ended_at: Option<i64>,
+    /// Bytes from the client to the target.
+    pub bytes_up: i64,
+    /// Bytes from the target to the client.
+    pub bytes_down: i64,
+    /// closed / killed / expired / error; none while live.
+    pub end_reason: Option<String>,
+    /// Recording file.
+    pub recording_path: Option<String>,
+    /// SHA-256 of the recording.
+    pub recording_sha256: Option<String>,
+    /// Grant it runs under.
+    pub grant_id: Option<i64>,
+}
+
+/// A new random session id.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// What is known when a session starts.
+#[derive(Debug, Clone)]
+pub struct Start<'a> {
+    /// Session id.
+    pub id: &'a str,
+    /// User.
+    pub user_id: i64,
+    /// User name.
+    pub user: &'a str,
+    /// Target.
+    pub target_id: i64,
+    /// Target name.
+    pub target: &'a str,
+    /// Grant.
+    pub grant_id: i64,
+    /// Client address.
+    pub client_addr: &'a str,
+    /// Recording file, when recorded.
+    pub recording_path: Option<&'a str>,
+}
+
+/// Writes the row and the audit event.
+pub async fn start(app: &App, s: &Start<'_>) -> Result<()> {
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, target_id, grant_id, client_addr, started_at, recording_path) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(s.target_id)
+    .bind(s.grant_id)
+    .bind(s.client_addr)
+    .bind(app.clock.now())
+    .bind(s.recording_path.map(str::to_string))
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &mut tx,
+        &*app.clock,
+        s.user,
+        &Event::SessionStarted {
+            session: s.id.into(),
+            user: s.user.into(),
+            target: s.target.into(),
+            source: s.client_addr.into(),
+            grant_id: s.grant_id,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Updates the byte counters of a live session.
+pub async fn update_bytes(app: &App, id: &str, up: i64, down: i64) -> Result<()> {
+    sqlx::query("UPDATE sessions SET bytes_up = $1, bytes_down = $2 WHERE id = $3")
+        .bind(up)
+        .bind(down)
+        .bind(id)
+        .execute(app.store.pool())
+        .await?;
+    Ok(())
+}
+
+/// How a session ended.
+#[derive(Debug, Clone)]
+pub struct End {
+    /// Why.
+    pub reason: EndReason,
+    /// Bytes client → target.
+    pub bytes_up: i64,
+    /// Bytes target → client.
+    pub bytes_down: i64,
+    /// Recording file.
+    pub recording_path: Option<String>,
+    /// Its SHA-256.
+    pub recording_sha256: Option<String>,
+}
+
+/// Closes the row and audits the end.
+pub async fn end(app: &App, id: &str, actor: &str, e: &End) -> Result<()> {
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query(
+        "UPDATE sessions SET ended_at = $1, end_reason = $2, bytes_up = $3, bytes_down = $4, recording_sha256 = $5 WHERE id = $6",
+    )
+    .bind(app.clock.now())
+    .bind(e.reason.as_str())
+    .bind(e.bytes_up)
+    .bind(e.bytes_down)
+    .bind(e.recording_sha256.clone())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &mut tx,
+        &*app.clock,
+        actor,
+        &Event::SessionEnded {
+            session: id.into(),
+            reason: e.reason.as_str().into(),
+            bytes_up: e.bytes_up,
+            bytes_down: e.bytes_down,
+            recording: e.recording_path.clone(),
+            recording_sha256: e.recording_sha256.clone(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records a file moved by scp/sftp.
+pub async fn add_transfer(
+    app: &App,
+    actor: &str,
+    session: &str,
+    direction: &str,
+    path: &str,
+    size: i64,
+    sha256: &str,
+) -> Result<()> {
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO session_transfers (session_id, direction, path, size, sha256, at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(session)
+    .bind(direction)
+    .bind(path)
+    .bind(size)
+    .bind(sha256)
+    .bind(app.clock.now())
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &mut tx,
+        &*app.clock,
+        actor,
+        &Event::FileTransferred {
+            session: session.into(),
+            direction: direction.into(),
+            path: path.into(),
+            size,
+            sha256: sha256.into(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether a kill was requested for a live session (or it vanished).
+pub async fn kill_requested(app: &App, id: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT kill_requested FROM sessions WHERE id = $1")
+        .bind(id)
+        .fetch_optional(app.store.pool())
+        .await?;
+    Ok(match row {
+        Some(r) => r.try_get::<i64, _>(0)? != 0,
+        None => true,
+    })
+}
+
+/// Asks the server running a session to end it; returns the full id.
+pub async fn request_kill(app: &App, actor: &str, id_or_prefix: &str) -> Result<String> {
+    if id_or_prefix.len() < 4 || !id_or_prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(format!("invalid session id {id_or_prefix:?}: give at least 4 hex digits")));
+    }
+    let rows = sqlx::query("SELECT id, ended_at FROM sessions WHERE id LIKE $1 LIMIT 2")
+        .bind(format!("{}%", id_or_prefix.to_ascii_lowercase()))
+        .fetch_all(app.store.pool())
+        .await?;
+    let (id, ended): (String, Option<i64>) = match rows.as_slice() {
+        [] => return Err(Error::NotFound(format!("unknown session {id_or_prefix:?}"))),
+        [r] => (r.try_get(0)?, r.try_get(1)?),
+        _ => return Err(invalid(format!("session prefix {id_or_prefix:?} is ambiguous"))),
+    };
+    if ended.is_some() {
+        return Err(invalid(format!("session {id} has already ended")));
+    }
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query("UPDATE sessions SET kill_requested = 1 WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+    audit::append(&mut tx, &*app.clock, actor, &Event::SessionKillRequested { session: id.clone(), by: actor.into() })
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Sessions, newest first.
+pub async fn list(app: &App, live_only: bool) -> Result<Vec<SessionRow>> {
+    let sql = format!(
+        "SELECT s.id, u.name, t.name, s.client_addr, s.started_at, s.ended_at, s.bytes_up, s.bytes_down, s.end_reason, \
+         s.recording_path, s.recording_sha256, s.grant_id FROM sessions s \
+         LEFT JOIN users u ON u.id = s.user_id LEFT JOIN targets t ON t.id = s.target_id {} ORDER BY s.started_at DESC, s.id",
+        if live_only { "WHERE s.ended_at IS NULL" } else { "" }
+    );
+    let rows = sqlx::query(&sql).fetch_all(app.store.pool()).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SessionRow {
+                id: r.try_get(0)?,
+                user: r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                target: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                client_addr: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+                ended_at: r.try_get(5)?,
+                bytes_up: r.try_get(6)?,
+                bytes_down: r.try_get(7)?,
+                end_reason: r.try_get(8)?,
+                recording_path: r.try_get(9)?,
+                recording_sha256: r.try_get(10)?,
+                grant_id: r.try_get(11)?,
+            })
+        })
+        .collect()
+}

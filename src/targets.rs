@@ -1,0 +1,348 @@
+//! Targets: the OT hosts behind the gateway, their pinned identity and vaulted credential.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::app::App;
+use crate::audit::{self, Event};
+use crate::error::{invalid, Error, Result};
+use crate::secret::Secret;
+use crate::users::{check_name, conflict_or};
+use crate::vault::secret_aad;
+
+/// How the gateway logs in to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A password.
+    Password,
+    /// An SSH private key.
+    PrivateKey,
+    /// Answers to keyboard-interactive prompts, in order.
+    KeyboardInteractive,
+}
+
+impl CredentialKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Password => "password",
+            CredentialKind::PrivateKey => "private_key",
+            CredentialKind::KeyboardInteractive => "keyboard_interactive",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "password" => Ok(Self::Password),
+            "private_key" => Ok(Self::PrivateKey),
+            "keyboard_interactive" => Ok(Self::KeyboardInteractive),
+            _ => Err(invalid(format!("unknown credential kind {s:?}"))),
+        }
+    }
+}
+
+/// A stored target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// Row id.
+    pub id: i64,
+    /// Name vendors use (`alice@NAME`).
+    pub name: String,
+    /// `ssh` (`rdp` later).
+    pub protocol: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Account on the target.
+    pub login: String,
+    /// Kind of vaulted credential.
+    pub credential_kind: CredentialKind,
+    /// Pinned host key, OpenSSH format.
+    pub host_key: Option<String>,
+    /// Site tag.
+    pub site: Option<String>,
+    /// Zone tag.
+    pub zone: Option<String>,
+    /// Criticality tag.
+    pub criticality: Option<String>,
+}
+
+impl Target {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Fingerprint of the pinned host key.
+    pub fn host_key_fingerprint(&self) -> Option<String> {
+        let k = crate::keys::parse_public_key(self.host_key.as_deref()?).ok()?;
+        Some(crate::keys::fingerprint(&k))
+    }
+}
+
+const COLUMNS: &str = "id, name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality";
+
+fn from_row(r: &AnyRow) -> Result<Target> {
+    let kind: String = r.try_get(6)?;
+    let port: i64 = r.try_get(4)?;
+    Ok(Target {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        protocol: r.try_get(2)?,
+        host: r.try_get(3)?,
+        port: u16::try_from(port).map_err(|_| invalid("stored port out of range"))?,
+        login: r.try_get(5)?,
+        credential_kind: CredentialKind::parse(&kind)?,
+        host_key: r.try_get(7)?,
+        site: r.try_get(8)?,
+        zone: r.try_get(9)?,
+        criticality: r.try_get(10)?,
+    })
+}
+
+/// Splits `host:port` (or `[v6]:port`; port defaults to 22).
+pub fn parse_address(addr: &str) -> Result<(String, u16)> {
+    let bad = || invalid(format!("invalid address {addr:?}: expected HOST:PORT"));
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let (h, p) = rest.split_once(']').ok_or_else(bad)?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match addr.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (addr.to_string(), ""),
+        }
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let port = if port.is_empty() { 22 } else { port.parse::<u16>().map_err(|_| bad())? };
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+/// What `add` needs.
+#[derive(Debug)]
+pub struct NewTarget {
+    /// Name.
+    pub name: String,
+    /// `ssh`.
+    pub protocol: String,
+    /// `host:port`.
+    pub address: String,
+    /// Login on the target.
+    pub login: String,
+    /// Credential kind and value.
+    pub credential: (CredentialKind, Secret),
+    /// Pinned host key (OpenSSH public key line).
+    pub host_key: Option<String>,
+    /// Tags.
+    pub site: Option<String>,
+    /// Tags.
+    pub zone: Option<String>,
+    /// Tags.
+    pub criticality: Option<String>,
+}
+
+/// Validates a credential before it is sealed.
+fn check_credential(kind: CredentialKind, secret: &Secret) -> Result<()> {
+    if secret.is_empty() {
+        return Err(invalid("the target credential is empty"));
+    }
+    if kind == CredentialKind::PrivateKey {
+        crate::keys::parse_private_key(secret.expose()).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Creates a target with its sealed credential, in one transaction.
+pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
+    check_name("target", &t.name)?;
+    if t.protocol != "ssh" {
+        return Err(invalid(format!("unsupported protocol {:?} (supported: ssh)", t.protocol)));
+    }
+    let (host, port) = parse_address(&t.address)?;
+    if t.login.is_empty() {
+        return Err(invalid("--login is required"));
+    }
+    let host_key = match &t.host_key {
+        Some(line) => {
+            let k = crate::keys::parse_public_key(line).map_err(|e| invalid(format!("--host-key: {e}")))?;
+            Some(crate::keys::to_openssh(&k))
+        }
+        None => None,
+    };
+    check_credential(t.credential.0, &t.credential.1)?;
+    if get(app, &t.name).await.is_ok() {
+        return Err(Error::Conflict(format!("target {:?} already exists", t.name)));
+    }
+    let mut tx = app.store.begin_write().await?;
+    let id: i64 = sqlx::query(
+        "INSERT INTO targets (name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(&t.name)
+    .bind(&t.protocol)
+    .bind(&host)
+    .bind(i64::from(port))
+    .bind(&t.login)
+    .bind(t.credential.0.as_str())
+    .bind(host_key.clone())
+    .bind(t.site.clone())
+    .bind(t.zone.clone())
+    .bind(t.criticality.clone())
+    .bind(app.clock.now())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| conflict_or(e, || format!("target {:?} already exists", t.name)))?
+    .try_get(0)?;
+    seal_secret(app, &mut tx, id, t.credential.0, &t.credential.1, 1).await?;
+    let target = Target {
+        id,
+        name: t.name.clone(),
+        protocol: t.protocol.clone(),
+        host,
+        port,
+        login: t.login.clone(),
+        credential_kind: t.credential.0,
+        host_key,
+        site: t.site.clone(),
+        zone: t.zone.clone(),
+        criticality: t.criticality.clone(),
+    };
+    audit::append(
+        &mut tx,
+        &*app.clock,
+        actor,
+        &Event::TargetAdded {
+            target: t.name.clone(),
+            address: target.address(),
+            login: t.login.clone(),
+            credential_kind: t.credential.0.as_str().into(),
+            host_key_fingerprint: target.host_key_fingerprint(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(target)
+}
+
+async fn seal_secret(
+    app: &App,
+    tx: &mut crate::store::Tx,
+    target_id: i64,
+    kind: CredentialKind,
+    secret: &Secret,
+    version: i64,
+) -> Result<()> {
+    let sealed = app.vault.seal(&secret_aad("target", target_id, kind.as_str(), version), secret.expose())?;
+    sqlx::query("INSERT INTO secrets (owner_kind, owner_id, kind, version, ciphertext, created_at) VALUES ('target', $1, $2, $3, $4, $5)")
+        .bind(target_id)
+        .bind(kind.as_str())
+        .bind(version)
+        .bind(sealed)
+        .bind(app.clock.now())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Stores a new version of a target's credential (rotation); returns the version.
+pub async fn set_secret(app: &App, actor: &str, name: &str, kind: CredentialKind, secret: Secret) -> Result<i64> {
+    let target = get(app, name).await?;
+    check_credential(kind, &secret)?;
+    let mut tx = app.store.begin_write().await?;
+    let version: i64 =
+        sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE owner_kind = 'target' AND owner_id = $1")
+            .bind(target.id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+    seal_secret(app, &mut tx, target.id, kind, &secret, version).await?;
+    sqlx::query("UPDATE targets SET credential_kind = $1 WHERE id = $2")
+        .bind(kind.as_str())
+        .bind(target.id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &mut tx,
+        &*app.clock,
+        actor,
+        &Event::SecretRotated { target: target.name, kind: kind.as_str().into(), version },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// The current credential of a target. Only the upstream connector calls this.
+pub async fn credential(app: &App, target: &Target) -> Result<Secret> {
+    let row = sqlx::query("SELECT kind, version, ciphertext FROM secrets WHERE owner_kind = 'target' AND owner_id = $1 ORDER BY version DESC LIMIT 1")
+        .bind(target.id)
+        .fetch_optional(app.store.pool())
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("target {:?} has no credential", target.name)))?;
+    let kind: String = row.try_get(0)?;
+    let version: i64 = row.try_get(1)?;
+    let ct: Vec<u8> = row.try_get(2)?;
+    Ok(app.vault.open(&secret_aad("target", target.id, &kind, version), &ct)?)
+}
+
+/// Looks a target up by name.
+pub async fn get(app: &App, name: &str) -> Result<Target> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM targets WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(app.store.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()?.ok_or_else(|| Error::NotFound(format!("unknown target {name:?}")))
+}
+
+/// Looks a target up by id.
+pub async fn by_id(app: &App, id: i64) -> Result<Target> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM targets WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(app.store.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()?.ok_or_else(|| Error::NotFound(format!("unknown target id {id}")))
+}
+
+/// All targets by name.
+pub async fn list(app: &App) -> Result<Vec<Target>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM targets ORDER BY name")).fetch_all(app.store.pool()).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Removes a target and its secrets.
+pub async fn remove(app: &App, actor: &str, name: &str) -> Result<()> {
+    let target = get(app, name).await?;
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query("DELETE FROM secrets WHERE owner_kind = 'target' AND owner_id = $1")
+        .bind(target.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM targets WHERE id = $1").bind(target.id).execute(&mut *tx).await?;
+    audit::append(&mut tx, &*app.clock, actor, &Event::TargetRemoved { target: target.name }).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("10.0.3.15:22").unwrap(), ("10.0.3.15".into(), 22));
+        assert_eq!(parse_address("plc").unwrap(), ("plc".into(), 22));
+        assert_eq!(parse_address("[::1]:2200").unwrap(), ("::1".into(), 2200));
+        assert!(parse_address("host:99999").is_err());
+        assert!(parse_address(":22").is_err());
+    }
+}
