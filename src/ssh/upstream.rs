@@ -1,17 +1,36 @@
 //! The gateway's SSH client towards targets: pinned host keys, vaulted credentials, time-outs.
+//! The vendor is only ever told *that* something failed, never a secret.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use russh::keys::{PublicKey, PublicKeyOrCertificate};
+use russh::client::{self, KeyboardInteractiveAuthResponse};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+use crate::app::App;
+use crate::audit::{self, Event};
 use crate::config::UpstreamConfig;
+use crate::secret::Secret;
+use crate::targets::{self, CredentialKind, Target};
+
+/// The client config used towards targets: large windows and packets for bulk transfers.
+pub fn client_config() -> client::Config {
+    client::Config {
+        window_size: 16 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        preferred: super::preferred_algorithms(),
+        ..Default::default()
+    }
+}
 
 /// Remembers the key a server presented.
 struct Capture(Arc<std::sync::Mutex<Option<PublicKey>>>);
 
-impl russh::client::Handler for Capture {
+impl client::Handler for Capture {
     type Error = russh::Error;
     async fn check_server_key(&mut self, k: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         if let PublicKeyOrCertificate::PublicKey { key, .. } = k {
@@ -33,13 +52,157 @@ pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig) -> anyh
     .with_context(|| format!("connecting to {host}:{port} timed out"))?
     .with_context(|| format!("cannot connect to {host}:{port}"))?;
     let slot = Arc::new(std::sync::Mutex::new(None));
-    let config = Arc::new(russh::client::Config::default());
+    let config = Arc::new(client::Config::default());
     let _ = tokio::time::timeout(
         Duration::from_secs(cfg.handshake_timeout_secs),
-        russh::client::connect_stream(config, tcp, Capture(slot.clone())),
+        client::connect_stream(config, tcp, Capture(slot.clone())),
     )
     .await
     .with_context(|| format!("SSH handshake with {host}:{port} timed out"))?;
     let key = slot.lock().ok().and_then(|g| g.clone());
     key.with_context(|| format!("{host}:{port} presented no SSH host key"))
+}
+
+/// Checks the target's host key against the pinned one.
+pub struct Pinned {
+    pinned: Option<PublicKey>,
+    mismatch: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+    async fn check_server_key(&mut self, k: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let presented = match k {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                if let Ok(mut g) = self.mismatch.lock() {
+                    *g = Some("certificate (not pinned)".into());
+                }
+                return Ok(false);
+            }
+        };
+        let ok = self.pinned.as_ref().is_some_and(|p| crate::keys::same_key(p, presented));
+        if !ok {
+            if let Ok(mut g) = self.mismatch.lock() {
+                *g = Some(crate::keys::fingerprint(presented));
+            }
+        }
+        Ok(ok)
+    }
+}
+
+/// A logged-in connection to a target.
+pub type Connection = client::Handle<Pinned>;
+
+/// Why the target could not be reached. Display is safe to show the vendor.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("cannot reach {0}: {1}")]
+    Unreachable(String, String),
+    /// The host key did not match the pinned one.
+    #[error("the identity of {0} could not be verified; the session was refused")]
+    HostKey(String),
+    /// Login with the vaulted credential failed.
+    #[error("the gateway could not log in to {0}")]
+    Login(String),
+    /// Anything else.
+    #[error("cannot open a session on {0}: {1}")]
+    Other(String, String),
+}
+
+/// Connects to `target` and logs in with its vaulted credential.
+pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connection, UpstreamError> {
+    let name = target.name.clone();
+    let cfg = &app.config.upstream;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(cfg.connect_timeout_secs),
+        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await
+    .map_err(|_| UpstreamError::Unreachable(name.clone(), "connection timed out".into()))?
+    .map_err(|e| UpstreamError::Unreachable(name.clone(), e.kind().to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let pinned = target.host_key.as_deref().and_then(|k| crate::keys::parse_public_key(k).ok());
+    let mismatch = Arc::new(std::sync::Mutex::new(None));
+    let handler = Pinned { pinned, mismatch: mismatch.clone() };
+    let handshake = Duration::from_secs(cfg.handshake_timeout_secs);
+    let connected =
+        tokio::time::timeout(handshake, client::connect_stream(Arc::new(client_config()), tcp, handler)).await;
+    let presented = mismatch.lock().ok().and_then(|g| g.clone());
+    let mut conn = match (connected, presented) {
+        (_, Some(presented)) => {
+            let _ = audit::record(
+                &app.store,
+                &*app.clock,
+                actor,
+                &Event::HostKeyMismatch { target: name.clone(), expected: target.host_key_fingerprint(), presented },
+            )
+            .await;
+            return Err(UpstreamError::HostKey(name));
+        }
+        (Err(_), None) => return Err(UpstreamError::Unreachable(name, "SSH handshake timed out".into())),
+        (Ok(Err(e)), None) => return Err(UpstreamError::Unreachable(name, format!("SSH handshake failed: {e}"))),
+        (Ok(Ok(c)), None) => c,
+    };
+    let secret = targets::credential(app, target).await.map_err(|e| {
+        tracing::error!(target = %name, error = %e, "cannot open vaulted credential");
+        UpstreamError::Login(name.clone())
+    })?;
+    let ok = tokio::time::timeout(handshake, login(&mut conn, &target.login, target.credential_kind, &secret))
+        .await
+        .map_err(|_| UpstreamError::Login(name.clone()))?
+        .map_err(|e| {
+            tracing::warn!(target = %name, error = %e, "upstream login failed");
+            UpstreamError::Login(name.clone())
+        })?;
+    if !ok {
+        return Err(UpstreamError::Login(name));
+    }
+    Ok(conn)
+}
+
+async fn login(conn: &mut Connection, user: &str, kind: CredentialKind, secret: &Secret) -> anyhow::Result<bool> {
+    match kind {
+        CredentialKind::Password => {
+            let pw = secret.expose_str().context("target password is not UTF-8")?;
+            if conn.authenticate_password(user, pw).await?.success() {
+                return Ok(true);
+            }
+            // Many appliances only offer keyboard-interactive for passwords.
+            kbdint(conn, user, |_| Some(pw.to_string())).await
+        }
+        CredentialKind::PrivateKey => {
+            let key = crate::keys::parse_private_key(secret.expose())?;
+            let hash = conn.best_supported_rsa_hash().await?.flatten();
+            Ok(conn.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await?.success())
+        }
+        CredentialKind::KeyboardInteractive => {
+            let text = secret.expose_str().context("keyboard-interactive answers are not UTF-8")?;
+            let mut answers = text.lines().map(str::to_string).collect::<Vec<_>>().into_iter();
+            kbdint(conn, user, move |_| answers.next()).await
+        }
+    }
+}
+
+async fn kbdint(
+    conn: &mut Connection,
+    user: &str,
+    mut answer: impl FnMut(&str) -> Option<String>,
+) -> anyhow::Result<bool> {
+    let mut resp = conn.authenticate_keyboard_interactive_start(user, None::<String>).await?;
+    for _ in 0..8 {
+        match resp {
+            KeyboardInteractiveAuthResponse::Success => return Ok(true),
+            KeyboardInteractiveAuthResponse::Failure { .. } => return Ok(false),
+            KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                let mut answers = Vec::with_capacity(prompts.len());
+                for p in &prompts {
+                    answers.push(answer(&p.prompt).unwrap_or_default());
+                }
+                resp = conn.authenticate_keyboard_interactive_respond(answers).await?;
+            }
+        }
+    }
+    Ok(false)
 }

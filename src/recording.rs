@@ -1,1 +1,0 @@
-//! Session recording (asciicast v2).

@@ -1,0 +1,193 @@
+//! Moves one channel's bytes between the vendor and the target, in both directions at once, with
+//! backpressure (every write waits for the peer's window) and the recorder fed by reference.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::{client, server, Channel, ChannelMsg};
+use tokio::sync::watch;
+
+use crate::recording::Recorder;
+use crate::sessions::EndReason;
+
+/// One relayed channel.
+pub struct Relay {
+    /// The vendor's channel.
+    pub down: Channel<server::Msg>,
+    /// Handle of the vendor's connection (for exit signals).
+    pub down_handle: server::Handle,
+    /// The target's channel.
+    pub up: Channel<client::Msg>,
+    /// The recording.
+    pub recorder: Recorder,
+    /// Fires when the session must end (kill, revoke, expiry).
+    pub stop: watch::Receiver<Option<EndReason>>,
+    /// Whether the vendor's bytes go to the recorder (PTY keystrokes, sftp/scp uploads).
+    pub wants_input: bool,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Why.
+    pub reason: EndReason,
+    /// Bytes vendor → target.
+    pub bytes_up: u64,
+    /// Bytes target → vendor.
+    pub bytes_down: u64,
+    /// The recording, to be finished by the caller.
+    pub recorder: Recorder,
+}
+
+fn notice(reason: EndReason, detail: &str) -> String {
+    let what = match reason {
+        EndReason::Killed => "ended by an administrator",
+        EndReason::Expired => "ended: the access grant is over",
+        EndReason::Error => "ended",
+        EndReason::Closed => "closed",
+    };
+    if detail.is_empty() {
+        format!("\r\npenstock: session {what}\r\n")
+    } else {
+        format!("\r\npenstock: session {what}: {detail}\r\n")
+    }
+}
+
+impl Relay {
+    /// Runs until either side closes or the session is stopped.
+    pub async fn run(self) -> Outcome {
+        let Relay { down, down_handle, up, recorder, mut stop, wants_input } = self;
+        let down_id = down.id();
+        let (mut down_rd, down_wr) = down.split();
+        let (mut up_rd, up_wr) = up.split();
+        let bytes_up = AtomicU64::new(0);
+        let bytes_down = AtomicU64::new(0);
+        let rec = &recorder;
+        let reason = {
+            let vendor_to_target = async {
+                while let Some(msg) = down_rd.wait().await {
+                    match msg {
+                        ChannelMsg::Data { data } => {
+                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if wants_input {
+                                rec.input(&data).await;
+                            }
+                            if up_wr.data_bytes(data).await.is_err() {
+                                break;
+                            }
+                        }
+                        ChannelMsg::ExtendedData { data, ext } => {
+                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            if up_wr.extended_data_bytes(ext, data).await.is_err() {
+                                break;
+                            }
+                        }
+                        ChannelMsg::Eof => {
+                            let _ = up_wr.eof().await;
+                        }
+                        ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                            rec.resize(col_width, row_height).await;
+                            let _ = up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
+                        }
+                        ChannelMsg::Signal { signal } => {
+                            let _ = up_wr.signal(signal).await;
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+            };
+
+            let target_to_vendor = async {
+                while let Some(msg) = up_rd.wait().await {
+                    match msg {
+                        ChannelMsg::Data { data } => {
+                            bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            rec.output(&data).await;
+                            if down_wr.data_bytes(data).await.is_err() {
+                                break;
+                            }
+                        }
+                        ChannelMsg::ExtendedData { data, ext } => {
+                            bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            rec.output(&data).await;
+                            if down_wr.extended_data_bytes(ext, data).await.is_err() {
+                                break;
+                            }
+                        }
+                        ChannelMsg::ExitStatus { exit_status } => {
+                            let _ = down_wr.exit_status(exit_status).await;
+                        }
+                        ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
+                            let _ = down_handle
+                                .exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag)
+                                .await;
+                        }
+                        ChannelMsg::Eof => {
+                            let _ = down_wr.eof().await;
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+            };
+
+            let mut failed = recorder_failure(rec);
+            tokio::pin!(vendor_to_target, target_to_vendor);
+            let (reason, detail) = tokio::select! {
+                _ = &mut target_to_vendor => (EndReason::Closed, String::new()),
+                _ = &mut vendor_to_target => {
+                    // The vendor closed: close the target side and let its last output drain.
+                    let _ = up_wr.close().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut target_to_vendor).await;
+                    (EndReason::Closed, String::new())
+                }
+                r = wait_stop(&mut stop) => (r, String::new()),
+                msg = &mut failed => (EndReason::Error, msg),
+            };
+            drop(failed);
+            if reason != EndReason::Closed {
+                let text = notice(reason, &detail);
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = down_wr.extended_data_bytes(1, Bytes::from(text)).await;
+                    let _ = down_wr.exit_status(255).await;
+                    let _ = down_wr.eof().await;
+                })
+                .await;
+                let _ = up_wr.close().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), down_wr.close()).await;
+            reason
+        };
+        let (bytes_up, bytes_down) = (bytes_up.load(Ordering::Relaxed), bytes_down.load(Ordering::Relaxed));
+        drop((up_wr, down_wr));
+        Outcome { reason, bytes_up, bytes_down, recorder }
+    }
+}
+
+/// A future that resolves when the recorder reports a failure.
+fn recorder_failure(rec: &Recorder) -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + '_>> {
+    let mut w = rec.failure_watch();
+    Box::pin(async move {
+        loop {
+            if let Some(m) = w.borrow().clone() {
+                return m;
+            }
+            if w.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    })
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
+    loop {
+        if let Some(r) = *stop.borrow() {
+            return r;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
