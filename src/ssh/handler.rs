@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +108,11 @@ pub struct Conn {
     login: Option<Login>,
     upstream: Option<Arc<Connection>>,
     channels: HashMap<ChannelId, ChanState>,
+    backlog: Arc<AtomicUsize>,
 }
+
+/// Above this many bytes waiting for targets, the connection's vendor gets no more window.
+pub const BACKLOG_HIGH: usize = 4 * 1024 * 1024;
 
 impl Conn {
     fn new(shared: Arc<Shared>, peer: SocketAddr, permit: OwnedSemaphorePermit, authed: Arc<AtomicBool>) -> Self {
@@ -123,6 +127,7 @@ impl Conn {
             login: None,
             upstream: None,
             channels: HashMap::new(),
+            backlog: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -355,7 +360,7 @@ impl Conn {
         let wants_input = pty.is_some()
             || matches!(kind, ChannelKind::Subsystem(_))
             || matches!(&kind, ChannelKind::Exec(c) if c.starts_with("scp "));
-        let relay = Relay { down, down_handle: session.handle(), up: up_chan, recorder, stop, wants_input };
+        let relay = Relay { down, down_handle: session.handle(), up: up_chan, recorder, stop, wants_input, backlog: self.backlog.clone() };
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let out = relay.run().await;
@@ -400,6 +405,18 @@ fn first_answers(response: Option<Response<'_>>) -> Vec<Secret> {
 
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
+
+    /// russh grants the vendor more window as soon as data arrives, not when it is consumed.
+    /// While the connection's backlog towards targets is high, the next grants shrink to a
+    /// trickle (2 bytes), so a fast vendor and a slow target cannot grow memory; once the
+    /// backlog drains the full window returns.
+    fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
+        if self.backlog.load(Ordering::Relaxed) > BACKLOG_HIGH {
+            2
+        } else {
+            self.shared.config.window_size
+        }
+    }
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
         Ok(Auth::Reject { proceed_with_methods: Some(Self::both_methods()), partial_success: false })

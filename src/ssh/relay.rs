@@ -1,7 +1,8 @@
 //! Moves one channel's bytes between the vendor and the target, in both directions at once, with
 //! backpressure (every write waits for the peer's window) and the recorder fed by reference.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +26,13 @@ pub struct Relay {
     pub stop: watch::Receiver<Option<EndReason>>,
     /// Whether the vendor's bytes go to the recorder (PTY keystrokes, sftp/scp uploads).
     pub wants_input: bool,
+    /// Bytes read from the vendor and not yet accepted by the target, for the whole
+    /// connection.
+    pub backlog: Arc<AtomicUsize>,
 }
+
+/// Messages from the vendor queued per channel before its reader waits.
+const VENDOR_QUEUE: usize = 4096;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -57,7 +64,7 @@ fn notice(reason: EndReason, detail: &str) -> String {
 impl Relay {
     /// Runs until either side closes or the session is stopped.
     pub async fn run(self) -> Outcome {
-        let Relay { down, down_handle, up, recorder, mut stop, wants_input } = self;
+        let Relay { down, down_handle, up, recorder, mut stop, wants_input, backlog } = self;
         let down_id = down.id();
         let (mut down_rd, down_wr) = down.split();
         let (mut up_rd, up_wr) = up.split();
@@ -65,41 +72,73 @@ impl Relay {
         let bytes_down = AtomicU64::new(0);
         let rec = &recorder;
         let reason = {
-            let vendor_to_target = async {
-                while let Some(msg) = down_rd.wait().await {
-                    match msg {
-                        ChannelMsg::Data { data } => {
-                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            if wants_input {
-                                rec.input(&data).await;
-                            }
-                            if up_wr.data_bytes(data).await.is_err() {
-                                break;
-                            }
-                        }
-                        ChannelMsg::ExtendedData { data, ext } => {
-                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            if up_wr.extended_data_bytes(ext, data).await.is_err() {
-                                break;
-                            }
-                        }
-                        ChannelMsg::Eof => {
-                            let _ = up_wr.eof().await;
-                        }
-                        ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                            rec.resize(col_width, row_height).await;
-                            let _ = up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
-                        }
-                        ChannelMsg::Signal { signal } => {
-                            let _ = up_wr.signal(signal).await;
-                        }
-                        ChannelMsg::Close => break,
-                        _ => {}
-                    }
+            // The vendor's side is read eagerly into a queue: russh's session loop also sends the
+        // target's output, so it must never wait on a slow target (that would deadlock a
+        // bidirectional stream). Memory stays bounded because the handler stops granting the
+        // vendor window while `backlog` is high (see `Conn::adjust_window`).
+        let (queue_tx, mut queue_rx) = tokio::sync::mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
+        let read_vendor = async {
+            while let Some(msg) = down_rd.wait().await {
+                let close = matches!(msg, ChannelMsg::Close);
+                if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+                    backlog.fetch_add(data.len(), Ordering::Relaxed);
                 }
-            };
+                if queue_tx.send(msg).await.is_err() || close {
+                    break;
+                }
+            }
+            drop(queue_tx);
+        };
+        let write_target = async {
+            while let Some(msg) = queue_rx.recv().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let n = data.len();
+                        bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                        if wants_input {
+                            rec.input(&data).await;
+                        }
+                        let sent = up_wr.data_bytes(data).await;
+                        backlog.fetch_sub(n, Ordering::Relaxed);
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        let n = data.len();
+                        bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                        let sent = up_wr.extended_data_bytes(ext, data).await;
+                        backlog.fetch_sub(n, Ordering::Relaxed);
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    ChannelMsg::Eof => {
+                        let _ = up_wr.eof().await;
+                    }
+                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                        rec.resize(col_width, row_height).await;
+                        let _ = up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
+                    }
+                    ChannelMsg::Signal { signal } => {
+                        let _ = up_wr.signal(signal).await;
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            // Whatever is still queued is dropped with the channel; release its accounting.
+            while let Ok(msg) = queue_rx.try_recv() {
+                if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
+                    backlog.fetch_sub(data.len(), Ordering::Relaxed);
+                }
+            }
+        };
+        let vendor_to_target = async {
+            tokio::join!(read_vendor, write_target);
+        };
 
-            let target_to_vendor = async {
+        let target_to_vendor = async {
                 while let Some(msg) = up_rd.wait().await {
                     match msg {
                         ChannelMsg::Data { data } => {
