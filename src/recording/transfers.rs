@@ -266,13 +266,19 @@ impl ScpTracker {
         }
         let mut direction = None;
         let mut path = String::new();
+        let mut dir_target = false;
         for w in words {
             match w {
                 "-t" => direction = Some("upload"),
                 "-f" => direction = Some("download"),
+                "-d" => dir_target = true,
                 w if w.starts_with('-') => {}
                 w => path = w.to_string(),
             }
+        }
+        // `scp -t FILE` names the file itself; with -d (or a trailing /) it is a folder.
+        if direction == Some("upload") && dir_target && !path.is_empty() && !path.ends_with('/') {
+            path.push('/');
         }
         Some(ScpTracker {
             direction: direction?,
@@ -324,13 +330,7 @@ impl ScpTracker {
                         if let ScpState::Data { name, size, hasher, .. } =
                             std::mem::replace(&mut self.state, ScpState::Header)
                         {
-                            let path = if self.direction == "upload" && !self.base.is_empty() {
-                                format!("{}/{}", self.base.trim_end_matches('/'), name)
-                            } else if self.base.is_empty() {
-                                name
-                            } else {
-                                self.base.clone()
-                            };
+                            let path = self.path_of(name);
                             self.done.push(Transfer {
                                 direction: self.direction,
                                 path,
@@ -345,6 +345,16 @@ impl ScpTracker {
                     }
                 }
             }
+        }
+    }
+
+    fn path_of(&self, name: String) -> String {
+        if self.base.is_empty() {
+            name
+        } else if self.direction == "upload" && self.base.ends_with('/') {
+            format!("{}{}", self.base, name)
+        } else {
+            self.base.clone()
         }
     }
 
@@ -471,7 +481,7 @@ mod tests {
 
     #[test]
     fn legacy_scp_upload() {
-        let mut t = ScpTracker::for_command("scp -t /tmp/").unwrap();
+        let mut t = ScpTracker::for_command("scp -d -t /tmp").unwrap();
         assert!(t.sender_is_client());
         let mut stream = b"C0644 11 fw.bin\n".to_vec();
         stream.extend_from_slice(b"hello world\0");
@@ -485,5 +495,8 @@ mod tests {
         assert_eq!(done[0].size, 11);
         assert_eq!(done[0].sha256, hex::encode(Sha256::digest(b"hello world")));
         assert!(ScpTracker::for_command("ls -la").is_none());
+        let mut t = ScpTracker::for_command("scp -t /tmp/fw-copy.bin").unwrap();
+        t.sender_bytes(b"C0644 2 fw.bin\nhi\0");
+        assert_eq!(t.take_done()[0].path, "/tmp/fw-copy.bin");
     }
 }
