@@ -283,7 +283,7 @@ fn parse_env_value(raw: &str) -> toml::Value {
 }
 
 /// Turns a toml error into `FILE:LINE: [section] key: message`.
-fn located(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+pub(crate) fn located(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
@@ -298,13 +298,15 @@ fn located(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
                 })
                 .map(|s| format!("[{s}] "))
                 .unwrap_or_default();
-            let key = text[span.start.min(text.len())..span.end.min(text.len())]
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let key = if key.is_empty() || key.contains('\n') { String::new() } else { format!("key `{key}`: ") };
+            // The key is what stands before `=` on the error's line (the span may point at the
+            // key or at its value).
+            let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            let line_text = text[line_start..].lines().next().unwrap_or("");
+            let key = match line_text.split_once('=') {
+                Some((k, _)) if !line_text.trim_start().starts_with('[') => k.trim().to_string(),
+                _ => String::new(),
+            };
+            let key = if key.is_empty() { String::new() } else { format!("key `{key}`: ") };
             anyhow!("{}:{line}: {section}{key}{msg}", path.display())
         }
         None => anyhow!("{}: {msg}", path.display()),

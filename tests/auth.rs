@@ -102,7 +102,7 @@ impl Env {
             .expect("audit")
             .into_iter()
             .filter(|r| r.kind == kind)
-            .map(|r| r.details)
+            .map(|r| serde_json::from_str(r.details.get()).expect("details json"))
             .collect()
     }
 

@@ -28,10 +28,8 @@ backend_tests! {
     fn audit_tampering_is_detected;
     fn audit_chain_longer_than_one_page;
     fn concurrent_cli_writers_keep_the_chain_intact;
-    #[ignore = "bug: `audit export` re-serialises `details` with sorted keys, so exported hashes cannot be recomputed (src/audit/mod.rs read())"]
     fn audit_export_is_independently_verifiable;
     fn config_errors_name_file_line_and_key;
-    #[ignore = "bug: for a bad value, the config error names the value instead of the key (src/config.rs located())"]
     fn config_bad_value_error_names_the_key;
     fn master_key_errors;
     fn database_errors;

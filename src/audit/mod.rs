@@ -15,7 +15,7 @@ pub use events::Event;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One stored event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -27,8 +27,8 @@ pub struct Record {
     pub version: i64,
     /// Who did it (a user name, `system` or `cli`).
     pub actor: String,
-    /// The event as JSON.
-    pub details: serde_json::Value,
+    /// The event as JSON, exactly as hashed.
+    pub details: Box<serde_json::value::RawValue>,
     /// Hash of the event before.
     pub prev_hash: String,
     /// This event's hash.
@@ -53,7 +53,10 @@ pub async fn append(tx: &mut Tx, clock: &dyn Clock, actor: &str, event: &Event) 
         None => (1, GENESIS.to_string()),
     };
     let at = clock.now();
-    let details = serde_json::to_string(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // Canonical JSON (keys sorted, no whitespace), so anyone can re-hash an exported event.
+    let details = serde_json::to_value(event)
+        .and_then(|v| serde_json::to_string(&v))
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let (kind, version) = event.kind();
     let hash = compute_hash(seq, at, kind, version, actor, &details, &prev);
     sqlx::query(
@@ -100,7 +103,9 @@ pub async fn read(store: &Store, after: i64, limit: i64) -> Result<Vec<Record>, 
                 kind: r.try_get(2)?,
                 version: r.try_get(3)?,
                 actor: r.try_get(4)?,
-                details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+                details: serde_json::value::RawValue::from_string(details.clone())
+                    .or_else(|_| serde_json::value::to_raw_value(&details))
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                 prev_hash: r.try_get(6)?,
                 hash: r.try_get(7)?,
             })

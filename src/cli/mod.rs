@@ -285,6 +285,11 @@ pub(crate) fn read_stdin_all(what: &str) -> anyhow::Result<Secret> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Behave like other Unix tools when a pipe reader goes away (`penstock … | head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -360,7 +360,15 @@ impl Conn {
         let wants_input = pty.is_some()
             || matches!(kind, ChannelKind::Subsystem(_))
             || matches!(&kind, ChannelKind::Exec(c) if c.starts_with("scp "));
-        let relay = Relay { down, down_handle: session.handle(), up: up_chan, recorder, stop, wants_input, backlog: self.backlog.clone() };
+        let relay = Relay {
+            down,
+            down_handle: session.handle(),
+            up: up_chan,
+            recorder,
+            stop,
+            wants_input,
+            backlog: self.backlog.clone(),
+        };
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let out = relay.run().await;

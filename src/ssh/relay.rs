@@ -73,72 +73,72 @@ impl Relay {
         let rec = &recorder;
         let reason = {
             // The vendor's side is read eagerly into a queue: russh's session loop also sends the
-        // target's output, so it must never wait on a slow target (that would deadlock a
-        // bidirectional stream). Memory stays bounded because the handler stops granting the
-        // vendor window while `backlog` is high (see `Conn::adjust_window`).
-        let (queue_tx, mut queue_rx) = tokio::sync::mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
-        let read_vendor = async {
-            while let Some(msg) = down_rd.wait().await {
-                let close = matches!(msg, ChannelMsg::Close);
-                if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
-                    backlog.fetch_add(data.len(), Ordering::Relaxed);
+            // target's output, so it must never wait on a slow target (that would deadlock a
+            // bidirectional stream). Memory stays bounded because the handler stops granting the
+            // vendor window while `backlog` is high (see `Conn::adjust_window`).
+            let (queue_tx, mut queue_rx) = tokio::sync::mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
+            let read_vendor = async {
+                while let Some(msg) = down_rd.wait().await {
+                    let close = matches!(msg, ChannelMsg::Close);
+                    if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+                        backlog.fetch_add(data.len(), Ordering::Relaxed);
+                    }
+                    if queue_tx.send(msg).await.is_err() || close {
+                        break;
+                    }
                 }
-                if queue_tx.send(msg).await.is_err() || close {
-                    break;
-                }
-            }
-            drop(queue_tx);
-        };
-        let write_target = async {
-            while let Some(msg) = queue_rx.recv().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        let n = data.len();
-                        bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-                        if wants_input {
-                            rec.input(&data).await;
+                drop(queue_tx);
+            };
+            let write_target = async {
+                while let Some(msg) = queue_rx.recv().await {
+                    match msg {
+                        ChannelMsg::Data { data } => {
+                            let n = data.len();
+                            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                            if wants_input {
+                                rec.input(&data).await;
+                            }
+                            let sent = up_wr.data_bytes(data).await;
+                            backlog.fetch_sub(n, Ordering::Relaxed);
+                            if sent.is_err() {
+                                break;
+                            }
                         }
-                        let sent = up_wr.data_bytes(data).await;
-                        backlog.fetch_sub(n, Ordering::Relaxed);
-                        if sent.is_err() {
-                            break;
+                        ChannelMsg::ExtendedData { data, ext } => {
+                            let n = data.len();
+                            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                            let sent = up_wr.extended_data_bytes(ext, data).await;
+                            backlog.fetch_sub(n, Ordering::Relaxed);
+                            if sent.is_err() {
+                                break;
+                            }
                         }
-                    }
-                    ChannelMsg::ExtendedData { data, ext } => {
-                        let n = data.len();
-                        bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-                        let sent = up_wr.extended_data_bytes(ext, data).await;
-                        backlog.fetch_sub(n, Ordering::Relaxed);
-                        if sent.is_err() {
-                            break;
+                        ChannelMsg::Eof => {
+                            let _ = up_wr.eof().await;
                         }
+                        ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
+                            rec.resize(col_width, row_height).await;
+                            let _ = up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
+                        }
+                        ChannelMsg::Signal { signal } => {
+                            let _ = up_wr.signal(signal).await;
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
                     }
-                    ChannelMsg::Eof => {
-                        let _ = up_wr.eof().await;
-                    }
-                    ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height } => {
-                        rec.resize(col_width, row_height).await;
-                        let _ = up_wr.window_change(col_width, row_height, pix_width, pix_height).await;
-                    }
-                    ChannelMsg::Signal { signal } => {
-                        let _ = up_wr.signal(signal).await;
-                    }
-                    ChannelMsg::Close => break,
-                    _ => {}
                 }
-            }
-            // Whatever is still queued is dropped with the channel; release its accounting.
-            while let Ok(msg) = queue_rx.try_recv() {
-                if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
-                    backlog.fetch_sub(data.len(), Ordering::Relaxed);
+                // Whatever is still queued is dropped with the channel; release its accounting.
+                while let Ok(msg) = queue_rx.try_recv() {
+                    if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
+                        backlog.fetch_sub(data.len(), Ordering::Relaxed);
+                    }
                 }
-            }
-        };
-        let vendor_to_target = async {
-            tokio::join!(read_vendor, write_target);
-        };
+            };
+            let vendor_to_target = async {
+                tokio::join!(read_vendor, write_target);
+            };
 
-        let target_to_vendor = async {
+            let target_to_vendor = async {
                 while let Some(msg) = up_rd.wait().await {
                     match msg {
                         ChannelMsg::Data { data } => {

@@ -57,6 +57,15 @@ impl Store {
         }
         let opts =
             AnyConnectOptions::from_str(&url).with_context(|| format!("bad database url {}", redact_url(&url)))?;
+        // One direct connection first, so a dead server is reported at once with its cause.
+        {
+            use sqlx::Connection;
+            let conn = tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect_with(&opts))
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot open database {}: connection timed out", redact_url(&url)))?
+                .map_err(|e| anyhow::anyhow!("cannot open database {}: {}", redact_url(&url), one_line(&e)))?;
+            let _ = conn.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
