@@ -8,6 +8,8 @@ use sqlx::Row;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::notify::Notifier;
+use crate::policy::Policies;
 use crate::store::Store;
 use crate::vault::{MasterKey, Vault};
 
@@ -22,6 +24,10 @@ pub struct App {
     pub vault: Arc<Vault>,
     /// Time.
     pub clock: SharedClock,
+    /// Access policies (empty until loaded by `serve` or a command that needs them).
+    pub policies: Arc<Policies>,
+    /// Webhook notifications (inactive unless started by `serve`).
+    pub notifier: Notifier,
 }
 
 impl App {
@@ -45,7 +51,38 @@ impl App {
             }
             Some(_) => {}
         }
-        Ok(App { config: Arc::new(config), store, vault: Arc::new(vault), clock: Arc::new(SystemClock) })
+        Ok(App {
+            config: Arc::new(config),
+            store,
+            vault: Arc::new(vault),
+            clock: Arc::new(SystemClock),
+            policies: Arc::new(Policies::default()),
+            notifier: Notifier::default(),
+        })
+    }
+
+    /// Loads the policies from the configured folder (an error leaves the current set).
+    pub fn load_policies(&self) -> anyhow::Result<usize> {
+        self.policies.reload(&self.config.policies_dir())
+    }
+
+    /// Starts webhook delivery as configured.
+    pub fn start_notifier(&mut self) -> anyhow::Result<()> {
+        let n = &self.config.notifications;
+        for u in &n.webhooks {
+            crate::notify::parse_url(u)?;
+        }
+        self.notifier = Notifier::start(
+            self.store.clone(),
+            self.clock.clone(),
+            crate::notify::Settings {
+                urls: n.webhooks.clone(),
+                attempts: n.attempts,
+                backoff: std::time::Duration::from_secs(n.backoff_secs),
+                timeout: std::time::Duration::from_secs(n.timeout_secs.max(1)),
+            },
+        );
+        Ok(())
     }
 
     /// Opens the installation whose config is at `path`.

@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Policies.
     pub policies: PoliciesConfig,
+    /// Webhooks.
+    pub notifications: NotificationsConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -187,7 +189,28 @@ impl Default for PoliciesConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["ssh", "web", "database", "recordings", "vault", "auth", "upstream", "log", "policies"];
+/// `[notifications]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// `http://…` URLs that receive JSON (with a Slack-compatible `text` field).
+    pub webhooks: Vec<String>,
+    /// Attempts per delivery.
+    pub attempts: u32,
+    /// Seconds before the first retry (doubling after each).
+    pub backoff_secs: u64,
+    /// Seconds per attempt.
+    pub timeout_secs: u64,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self { webhooks: Vec::new(), attempts: 5, backoff_secs: 2, timeout_secs: 5 }
+    }
+}
+
+const SECTIONS: &[&str] =
+    &["ssh", "web", "database", "recordings", "vault", "auth", "upstream", "log", "policies", "notifications"];
 
 impl Config {
     /// Reads `path`, applies `PENSTOCK_<SECTION>_<KEY>` overrides from the environment and
@@ -362,7 +385,18 @@ format = "text"
 level = "info"
 
 [policies]
+# *.toml files read in name order; the first policy that matches a target governs it.
+# Reloaded on SIGHUP and by `penstock policy reload`.
 dir = "policies"
+
+[notifications]
+# Webhooks receive JSON with a Slack-compatible "text" field for request and session events,
+# e.g. webhooks = ["http://chat-relay.plant:8080/hooks/penstock"]. Failed deliveries are retried
+# with backoff and audited; they never hold up a request.
+webhooks = []
+attempts = 5
+backoff_secs = 2
+timeout_secs = 5
 "#
     )
 }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod notify;
 pub mod policy;
 pub mod recording;
 pub mod secret;

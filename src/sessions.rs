@@ -14,8 +14,10 @@ pub enum EndReason {
     Closed,
     /// `session kill` or a revoke.
     Killed,
-    /// The grant ran out.
+    /// The grant ran out (or its window closed).
     Expired,
+    /// No data either way for the policy's idle timeout.
+    Idle,
     /// Something failed.
     Error,
 }
@@ -27,6 +29,7 @@ impl EndReason {
             EndReason::Closed => "closed",
             EndReason::Killed => "killed",
             EndReason::Expired => "expired",
+            EndReason::Idle => "idle",
             EndReason::Error => "error",
         }
     }

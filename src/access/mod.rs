@@ -1,5 +1,7 @@
 //! Access: grants that let a user reach a target for a bounded time.
 
+pub mod requests;
+
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -146,6 +148,21 @@ pub async fn revoke(app: &App, actor: &str, id: i64) -> Result<()> {
     audit::append(&mut tx, &*app.clock, actor, &Event::GrantRevoked { grant_id: id, by: actor.into() }).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Formats seconds as `2h`, `1h30m`, `45s`.
+pub fn fmt_duration(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, u) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{u}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 /// Parses a duration such as `90m`, `2h`, `1d`, `45s` or `1h30m`.

@@ -60,6 +60,28 @@ pub enum Event {
     SessionKillRequested { session: String, by: String },
     /// A file went through scp or sftp.
     FileTransferred { session: String, direction: String, path: String, size: i64, sha256: String },
+    /// A vendor asked for access.
+    RequestCreated {
+        request_id: i64,
+        user: String,
+        target: String,
+        policy: String,
+        reason: String,
+        duration: i64,
+        start_at: Option<i64>,
+    },
+    /// An approver approved (the grant follows once enough have).
+    RequestApproved { request_id: i64, by: String, comment: Option<String>, approvals: i64, required: i64 },
+    /// An approver denied.
+    RequestDenied { request_id: i64, by: String, reason: Option<String> },
+    /// The requester withdrew it.
+    RequestCancelled { request_id: i64, by: String },
+    /// Nobody decided before its time ran out.
+    RequestExpired { request_id: i64 },
+    /// A webhook could not be delivered after its retries.
+    NotificationFailed { url: String, kind: String, error: String },
+    /// The policies were (re)loaded.
+    PoliciesLoaded { count: i64 },
     /// A channel request was refused by policy.
     ChannelRefused { session: String, kind: String, detail: String },
 }
@@ -89,6 +111,13 @@ impl Event {
             Event::SessionKillRequested { .. } => "session.kill_requested",
             Event::FileTransferred { .. } => "session.file_transferred",
             Event::ChannelRefused { .. } => "session.channel_refused",
+            Event::RequestCreated { .. } => "request.created",
+            Event::RequestApproved { .. } => "request.approved",
+            Event::RequestDenied { .. } => "request.denied",
+            Event::RequestCancelled { .. } => "request.cancelled",
+            Event::RequestExpired { .. } => "request.expired",
+            Event::NotificationFailed { .. } => "notification.failed",
+            Event::PoliciesLoaded { .. } => "policy.loaded",
         };
         (name, 1)
     }

@@ -52,6 +52,9 @@ pub fn random_token(len: usize) -> String {
 pub enum FirstFactor<'a> {
     /// A password.
     Password(&'a Secret),
+    /// A password given while connecting to a target: the account password, or the one-time
+    /// credential of a grant on that target that is live now.
+    PasswordFor(&'a Secret, &'a str),
     /// A public key whose signature the front end has verified.
     VerifiedKey(&'a PublicKey),
 }
@@ -59,7 +62,7 @@ pub enum FirstFactor<'a> {
 impl FirstFactor<'_> {
     fn method(&self) -> &'static str {
         match self {
-            FirstFactor::Password(_) => "password",
+            FirstFactor::Password(_) | FirstFactor::PasswordFor(..) => "password",
             FirstFactor::VerifiedKey(_) => "publickey",
         }
     }
@@ -151,6 +154,18 @@ pub async fn first_factor(
     }
     let user = users::find(app, name).await.map_err(unavailable)?;
     let ok = match (&user, &factor) {
+        (Some(u), FirstFactor::PasswordFor(p, target)) => {
+            let h = u.password_hash.clone();
+            let pw = (*p).clone();
+            let by_password = tokio::task::spawn_blocking(move || {
+                password::verify(&pw, h.as_deref().unwrap_or(password::dummy_hash()))
+            })
+            .await
+            .unwrap_or(false)
+                && u.password_hash.is_some();
+            by_password
+                || crate::access::requests::grant_credential_matches(app, u.id, target, p).await.map_err(unavailable)?
+        }
         (Some(u), FirstFactor::Password(p)) => {
             let h = u.password_hash.clone();
             let p = (*p).clone();
@@ -161,7 +176,7 @@ pub async fn first_factor(
             .unwrap_or(false);
             ok && u.password_hash.is_some()
         }
-        (None, FirstFactor::Password(p)) => {
+        (None, FirstFactor::Password(p) | FirstFactor::PasswordFor(p, _)) => {
             // Same work as a real check, then no.
             let p = (*p).clone();
             let _ = tokio::task::spawn_blocking(move || password::verify(&p, password::dummy_hash())).await;
@@ -253,7 +268,24 @@ pub async fn login_password(
     code: &str,
     source: IpAddr,
 ) -> Result<Principal, AuthError> {
-    let who = first_factor(app, name, FirstFactor::Password(password), source).await?;
+    login_password_for(app, name, password, None, code, source).await
+}
+
+/// Both factors at once, for a connection to `target` (where a live grant credential also
+/// counts as the password).
+pub async fn login_password_for(
+    app: &App,
+    name: &str,
+    password: &Secret,
+    target: Option<&str>,
+    code: &str,
+    source: IpAddr,
+) -> Result<Principal, AuthError> {
+    let factor = match target {
+        Some(t) => FirstFactor::PasswordFor(password, t),
+        None => FirstFactor::Password(password),
+    };
+    let who = first_factor(app, name, factor, source).await?;
     second_factor(app, &who, code, source, "password").await?;
     Ok(who)
 }

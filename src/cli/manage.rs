@@ -16,7 +16,9 @@ use crate::sessions;
 use crate::targets::{self, CredentialKind, NewTarget};
 use crate::users::{self, NewUser, Role};
 
-use super::{read_stdin_all, read_stdin_line, AuditCmd, CredentialArgs, GrantCmd, SessionCmd, TargetCmd, UserCmd};
+use super::{
+    read_stdin_all, read_stdin_line, AuditCmd, CredentialArgs, GrantCmd, PolicyCmd, SessionCmd, TargetCmd, UserCmd,
+};
 
 const ACTOR: &str = "cli";
 
@@ -345,6 +347,56 @@ pub(crate) async fn audit(config: &Path, cmd: AuditCmd) -> anyhow::Result<()> {
                 }
             }
             out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn policy(config: &Path, cmd: PolicyCmd) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Check { dir } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => crate::config::Config::load(config)?.policies_dir(),
+            };
+            let set = crate::policy::PolicySet::load_dir(&dir)?;
+            for p in &set.policies {
+                println!(
+                    "{}: {} (approvals {}, max {}, {} window(s)) — {}",
+                    p.file.display(),
+                    p.name,
+                    p.required,
+                    access::fmt_duration(p.max_duration),
+                    p.windows.len(),
+                    p.description
+                );
+            }
+            println!("{} policies OK", set.policies.len());
+            Ok(())
+        }
+        PolicyCmd::Reload => {
+            let app = App::open_path(config).await?;
+            let n = app.load_policies()?;
+            let mut tx = app.store.begin_write().await?;
+            let g: i64 = crate::ssh::server::policy_generation(&app).await.unwrap_or(0) + 1;
+            sqlx::query("DELETE FROM meta WHERE key = 'policy_generation'").execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO meta (key, value) VALUES ('policy_generation', $1)")
+                .bind(g.to_string().into_bytes())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            println!("{n} policies valid; running servers reload them within 2 s.");
+            Ok(())
+        }
+        PolicyCmd::List => {
+            let app = App::open_path(config).await?;
+            app.load_policies()?;
+            let set = app.policies.current();
+            for t in targets::list(&app).await? {
+                let p =
+                    set.for_target(&t).map(|p| p.name.clone()).unwrap_or_else(|| "(none: only admin grants)".into());
+                println!("{:<20} {}", t.name, p);
+            }
             Ok(())
         }
     }

@@ -65,6 +65,23 @@ pub enum Command {
     /// The tamper-evident audit chain.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Access policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+/// `policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate policy files (default: the configured folder); errors name file, line and field.
+    Check {
+        /// Folder of *.toml policies.
+        dir: Option<PathBuf>,
+    },
+    /// Ask running servers to reload their policies (after validating them).
+    Reload,
+    /// Show which policy governs each target.
+    List,
 }
 
 /// `user …`
@@ -323,5 +340,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(c) => manage::grant(&cli.config, c).await,
         Command::Session(c) => manage::session(&cli.config, c).await,
         Command::Audit(c) => manage::audit(&cli.config, c).await,
+        Command::Policy(c) => manage::policy(&cli.config, c).await,
     }
 }

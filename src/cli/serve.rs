@@ -28,9 +28,19 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     run(app).await
 }
 
-async fn run(app: App) -> anyhow::Result<()> {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot handle SIGTERM")?;
+async fn run(mut app: App) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let n = app.load_policies()?;
+    tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
+    app.start_notifier()?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let reload_app = app.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            crate::ssh::server::reload_policies(&reload_app, "SIGHUP").await;
+        }
+    });
     let ssh = crate::ssh::server::Server::bind(app.clone()).await?;
     tracing::info!(listen = %ssh.local_addr(), "ssh listener ready");
     let ssh_task = tokio::spawn(ssh.run());

@@ -9,23 +9,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use russh::keys::ssh_key::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::channel::{ChannelTask, PtyReq, UpstreamSlot};
 use super::login::{self, Login};
-use super::relay::Relay;
 use super::server::Shared;
-use super::upstream::{self, Connection};
-use crate::access::{self, Grant};
 use crate::audit::{self, Event};
 use crate::auth::{self, FirstFactor, Principal};
-use crate::recording::{ChannelKind, Recorder, Spec};
+use crate::recording::ChannelKind;
 use crate::secret::Secret;
-use crate::sessions::{self, EndReason};
-use crate::targets::{self, Target};
 
 /// Delay before answering a failed login step.
 const FAILURE_DELAY: Duration = Duration::from_millis(800);
@@ -72,14 +67,6 @@ pub async fn serve_connection(
     guard.abort();
 }
 
-#[derive(Debug, Clone, Default)]
-struct PtyReq {
-    term: String,
-    cols: u32,
-    rows: u32,
-    modes: Vec<(Pty, u32)>,
-}
-
 #[derive(Default)]
 struct ChanState {
     chan: Option<Channel<Msg>>,
@@ -106,7 +93,7 @@ pub struct Conn {
     kbd: Kbd,
     principal: Option<Principal>,
     login: Option<Login>,
-    upstream: Option<Arc<Connection>>,
+    upstream: UpstreamSlot,
     channels: HashMap<ChannelId, ChanState>,
     backlog: Arc<AtomicUsize>,
 }
@@ -125,7 +112,7 @@ impl Conn {
             kbd: Kbd::Idle,
             principal: None,
             login: None,
-            upstream: None,
+            upstream: Arc::new(tokio::sync::Mutex::new(None)),
             channels: HashMap::new(),
             backlog: Arc::new(AtomicUsize::new(0)),
         }
@@ -150,250 +137,28 @@ impl Conn {
         Auth::Accept
     }
 
-    /// Refuses a started channel with a message on stderr and exit status `code`.
-    fn refuse(&self, ch: ChannelId, session: &mut Session, msg: &str, code: u32) -> Result<(), russh::Error> {
-        session.channel_success(ch)?;
-        session.extended_data(ch, 1, Bytes::from(format!("penstock: {msg}\r\n")))?;
-        session.exit_status_request(ch, code)?;
-        session.eof(ch)?;
-        session.close(ch)
-    }
-
-    async fn audit_refusal(&self, target: &str, reason: &str) {
-        let Some(p) = &self.principal else { return };
-        let ev = Event::SessionRefused {
-            user: p.name.clone(),
-            target: target.into(),
-            source: self.peer.to_string(),
-            reason: reason.into(),
-        };
-        if let Err(e) = audit::record(&self.shared.app.store, &*self.shared.app.clock, &p.name, &ev).await {
-            tracing::error!(error = %e, "cannot audit refused session");
-        }
-    }
-
-    /// Authorises, connects, records and relays a channel for `kind`.
-    async fn start(&mut self, ch: ChannelId, kind: ChannelKind, session: &mut Session) -> Result<(), russh::Error> {
+    /// Hands a channel that asked for `kind` to its own task (see `channel.rs`).
+    fn start(&mut self, ch: ChannelId, kind: ChannelKind, session: &mut Session) -> Result<(), russh::Error> {
         let (Some(who), Some(login)) = (self.principal.clone(), self.login.clone()) else {
             return session.channel_failure(ch);
         };
-        let Some(state) = self.channels.get(&ch) else { return session.channel_failure(ch) };
-        if state.started {
-            return session.channel_failure(ch);
-        }
-        let Some(target_name) = login.target.clone() else {
-            return self.refuse(
-                ch,
-                session,
-                &format!(
-                    "no target named: connect as {}@TARGET (for example ssh {}@plc-line3@gateway)",
-                    who.name, who.name
-                ),
-                2,
-            );
-        };
-        let app = self.shared.app.clone();
-        let target = match targets::get(&app, &target_name).await {
-            Ok(t) => t,
-            Err(crate::error::Error::NotFound(_)) => {
-                self.audit_refusal(&target_name, "unknown target").await;
-                return self.refuse(ch, session, &format!("unknown target {target_name}"), 1);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot look up target");
-                return self.refuse(
-                    ch,
-                    session,
-                    "the gateway cannot authorise sessions right now (store unavailable)",
-                    1,
-                );
-            }
-        };
-        let grant = match access::live_grant(&app, who.user_id, target.id, app.clock.now()).await {
-            Ok(Some(g)) => g,
-            Ok(None) => {
-                self.audit_refusal(&target.name, "no active grant").await;
-                let msg = format!("no active grant for {} (ask a plant manager for access)", target.name);
-                return self.refuse(ch, session, &msg, 1);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check grants");
-                return self.refuse(
-                    ch,
-                    session,
-                    "the gateway cannot authorise sessions right now (store unavailable)",
-                    1,
-                );
-            }
-        };
-        let up = match self.upstream_for(&target, &who).await {
-            Ok(u) => u,
-            Err(e) => {
-                self.audit_refusal(&target.name, &e.to_string()).await;
-                return self.refuse(ch, session, &e.to_string(), 1);
-            }
-        };
-        match self.open_upstream(&up, ch, &kind).await {
-            Ok(Some(up_chan)) => self.launch(ch, kind, session, who, target, grant, up, up_chan).await,
-            Ok(None) => session.channel_failure(ch),
-            Err(e) => {
-                tracing::warn!(target = %target.name, error = %e, "cannot open upstream channel");
-                self.refuse(ch, session, &format!("cannot open a session on {}", target.name), 1)
-            }
-        }
-    }
-
-    async fn upstream_for(
-        &mut self,
-        target: &Target,
-        who: &Principal,
-    ) -> Result<Arc<Connection>, upstream::UpstreamError> {
-        if let Some(u) = &self.upstream {
-            if !u.is_closed() {
-                return Ok(u.clone());
-            }
-        }
-        let conn = Arc::new(upstream::connect(&self.shared.app, target, &who.name).await?);
-        self.upstream = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Opens the target channel and replays PTY, environment and the request on it. `None`
-    /// means the target refused the request.
-    async fn open_upstream(
-        &mut self,
-        up: &Connection,
-        ch: ChannelId,
-        kind: &ChannelKind,
-    ) -> anyhow::Result<Option<Channel<russh::client::Msg>>> {
-        let mut chan = up.channel_open_session().await?;
-        let Some(state) = self.channels.get(&ch) else { anyhow::bail!("channel vanished") };
-        if let Some(p) = &state.pty {
-            chan.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes).await?;
-        }
-        for (k, v) in &state.env {
-            chan.set_env(false, k.clone(), v.clone()).await?;
-        }
-        match kind {
-            ChannelKind::Shell => chan.request_shell(true).await?,
-            ChannelKind::Exec(cmd) => chan.exec(true, cmd.as_bytes()).await?,
-            ChannelKind::Subsystem(s) => chan.request_subsystem(true, s.clone()).await?,
-        }
-        let answer = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match chan.wait().await {
-                    Some(ChannelMsg::Success) => return Ok(true),
-                    Some(ChannelMsg::Failure) => return Ok(false),
-                    Some(ChannelMsg::Close) | None => anyhow::bail!("target closed the channel"),
-                    Some(_) => {}
-                }
-            }
-        })
-        .await??;
-        Ok(answer.then_some(chan))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn launch(
-        &mut self,
-        ch: ChannelId,
-        kind: ChannelKind,
-        session: &mut Session,
-        who: Principal,
-        target: Target,
-        grant: Grant,
-        up: Arc<Connection>,
-        up_chan: Channel<russh::client::Msg>,
-    ) -> Result<(), russh::Error> {
-        let app = self.shared.app.clone();
         let Some(state) = self.channels.get_mut(&ch) else { return session.channel_failure(ch) };
         let Some(down) = state.chan.take() else { return session.channel_failure(ch) };
         state.started = true;
-        let pty = state.pty.clone();
-        let id = sessions::new_id();
-        let title = format!("{} → {}", who.name, target.name);
-        let spec = Spec {
-            session_id: &id,
-            title,
-            kind: &kind,
-            width: pty.as_ref().map(|p| p.cols).filter(|c| *c > 0).unwrap_or(80),
-            height: pty.as_ref().map(|p| p.rows).filter(|r| *r > 0).unwrap_or(24),
-            term: pty.as_ref().map(|p| p.term.clone()),
-            record_input: pty.is_some(),
-        };
-        let recorder = if app.config.recordings.enabled {
-            match Recorder::start(&app, spec).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start recording; session refused");
-                    self.audit_refusal(&target.name, "recording unavailable").await;
-                    let _ = up_chan.close().await;
-                    return self.refuse(ch, session, &format!("session refused: recording unavailable ({e})"), 1);
-                }
-            }
-        } else {
-            match Recorder::start_disabled() {
-                Ok(r) => r,
-                Err(e) => return self.refuse(ch, session, &format!("session refused: {e}"), 1),
-            }
-        };
-        let path = recorder.path.display().to_string();
-        let start = sessions::Start {
-            id: &id,
-            user_id: who.user_id,
-            user: &who.name,
-            target_id: target.id,
-            target: &target.name,
-            grant_id: grant.id,
-            client_addr: &self.peer.to_string(),
-            recording_path: app.config.recordings.enabled.then_some(path.as_str()),
-        };
-        if let Err(e) = sessions::start(&app, &start).await {
-            tracing::error!(error = %e, "cannot store session; refused");
-            let _ = recorder.finish().await;
-            let _ = up_chan.close().await;
-            return self.refuse(ch, session, "session refused: the gateway cannot record it (store unavailable)", 1);
-        }
-        let stop = self.shared.registry.add(&id, grant.valid_until);
         session.channel_success(ch)?;
-        tracing::info!(session = %id, user = %who.name, target = %target.name, "session started");
-        let wants_input = pty.is_some()
-            || matches!(kind, ChannelKind::Subsystem(_))
-            || matches!(&kind, ChannelKind::Exec(c) if c.starts_with("scp "));
-        let relay = Relay {
-            down,
+        let task = ChannelTask {
+            shared: self.shared.clone(),
+            who,
+            target: login.target,
+            kind,
+            pty: state.pty.clone(),
+            env: state.env.clone(),
+            peer: self.peer,
             down_handle: session.handle(),
-            up: up_chan,
-            recorder,
-            stop,
-            wants_input,
+            upstream: self.upstream.clone(),
             backlog: self.backlog.clone(),
         };
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let out = relay.run().await;
-            drop(up);
-            let recorded = app.config.recordings.enabled;
-            let (reason, sha) = match out.recorder.finish().await {
-                Ok(sha) => (out.reason, recorded.then_some(sha)),
-                Err(e) => {
-                    tracing::error!(session = %id, error = %e, "recording did not close cleanly");
-                    (EndReason::Error, None)
-                }
-            };
-            let end = sessions::End {
-                reason,
-                bytes_up: out.bytes_up as i64,
-                bytes_down: out.bytes_down as i64,
-                recording_path: recorded.then_some(path),
-                recording_sha256: sha,
-            };
-            if let Err(e) = sessions::end(&app, &id, &who.name, &end).await {
-                tracing::error!(session = %id, error = %e, "cannot store session end");
-            }
-            shared.registry.remove(&id);
-            tracing::info!(session = %id, reason = reason.as_str(), up = out.bytes_up, down = out.bytes_down, "session ended");
-        });
+        tokio::spawn(task.run(down));
         Ok(())
     }
 
@@ -514,7 +279,17 @@ impl russh::server::Handler for Conn {
                 _ => Err(auth::AuthError::Denied),
             },
             Kbd::PasswordAndCode(u) if u == user => match answers.as_slice() {
-                [pw, code] => auth::login_password(&app, &name, pw, code.expose_str().unwrap_or(""), source).await,
+                [pw, code] => {
+                    auth::login_password_for(
+                        &app,
+                        &name,
+                        pw,
+                        login::parse(user).target.as_deref(),
+                        code.expose_str().unwrap_or(""),
+                        source,
+                    )
+                    .await
+                }
                 _ => Err(auth::AuthError::Denied),
             },
             _ => Err(auth::AuthError::Denied),
@@ -614,7 +389,7 @@ impl russh::server::Handler for Conn {
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        self.start(channel, ChannelKind::Shell, session).await
+        self.start(channel, ChannelKind::Shell, session)
     }
 
     async fn exec_request(
@@ -627,7 +402,7 @@ impl russh::server::Handler for Conn {
             return session.channel_failure(channel);
         }
         let cmd = String::from_utf8_lossy(data).into_owned();
-        self.start(channel, ChannelKind::Exec(cmd), session).await
+        self.start(channel, ChannelKind::Exec(cmd), session)
     }
 
     async fn subsystem_request(
@@ -640,7 +415,7 @@ impl russh::server::Handler for Conn {
             self.refuse_forward("subsystem", name.chars().take(64).collect()).await;
             return session.channel_failure(channel);
         }
-        self.start(channel, ChannelKind::Subsystem(name.to_string()), session).await
+        self.start(channel, ChannelKind::Subsystem(name.to_string()), session)
     }
 
     async fn x11_request(

@@ -2,6 +2,8 @@
 //! audit). `server` accepts vendors, `handler` runs one connection's authentication and channel
 //! requests, `upstream` logs in to targets, `relay` moves a channel's bytes between the two.
 
+pub mod channel;
+pub mod commands;
 pub mod handler;
 pub mod login;
 pub mod relay;

@@ -1,21 +1,25 @@
 //! Moves one channel's bytes between the vendor and the target, in both directions at once, with
 //! backpressure (every write waits for the peer's window) and the recorder fed by reference.
+//! Notices (grant ending soon) go to the vendor's stderr, never into the recording.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use russh::{client, server, Channel, ChannelMsg};
-use tokio::sync::watch;
+use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::sync::{mpsc, watch};
 
 use crate::recording::Recorder;
 use crate::sessions::EndReason;
 
+/// Messages from the vendor queued per channel before its reader waits.
+const VENDOR_QUEUE: usize = 4096;
+
 /// One relayed channel.
 pub struct Relay {
-    /// The vendor's channel.
-    pub down: Channel<server::Msg>,
+    /// The vendor's channel, split.
+    pub down: (ChannelReadHalf, ChannelWriteHalf<server::Msg>),
     /// Handle of the vendor's connection (for exit signals).
     pub down_handle: server::Handle,
     /// The target's channel.
@@ -24,15 +28,16 @@ pub struct Relay {
     pub recorder: Recorder,
     /// Fires when the session must end (kill, revoke, expiry).
     pub stop: watch::Receiver<Option<EndReason>>,
+    /// Notices for the vendor (grant ending soon).
+    pub notices: mpsc::Receiver<String>,
     /// Whether the vendor's bytes go to the recorder (PTY keystrokes, sftp/scp uploads).
     pub wants_input: bool,
     /// Bytes read from the vendor and not yet accepted by the target, for the whole
     /// connection.
     pub backlog: Arc<AtomicUsize>,
+    /// End the session after this long without data either way.
+    pub idle_timeout: Option<Duration>,
 }
-
-/// Messages from the vendor queued per channel before its reader waits.
-const VENDOR_QUEUE: usize = 4096;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -51,6 +56,7 @@ fn notice(reason: EndReason, detail: &str) -> String {
     let what = match reason {
         EndReason::Killed => "ended by an administrator",
         EndReason::Expired => "ended: the access grant is over",
+        EndReason::Idle => "ended: idle for too long",
         EndReason::Error => "ended",
         EndReason::Closed => "closed",
     };
@@ -64,19 +70,32 @@ fn notice(reason: EndReason, detail: &str) -> String {
 impl Relay {
     /// Runs until either side closes or the session is stopped.
     pub async fn run(self) -> Outcome {
-        let Relay { down, down_handle, up, recorder, mut stop, wants_input, backlog } = self;
-        let down_id = down.id();
-        let (mut down_rd, down_wr) = down.split();
+        let Relay {
+            down: (mut down_rd, down_wr),
+            down_handle,
+            up,
+            recorder,
+            mut stop,
+            mut notices,
+            wants_input,
+            backlog,
+            idle_timeout,
+        } = self;
+        let down_id = down_wr.id();
         let (mut up_rd, up_wr) = up.split();
         let bytes_up = AtomicU64::new(0);
         let bytes_down = AtomicU64::new(0);
+        let started = Instant::now();
+        // Milliseconds since `started` of the last byte either way.
+        let last_activity = AtomicU64::new(0);
+        let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let rec = &recorder;
         let reason = {
-            // The vendor's side is read eagerly into a queue: russh's session loop also sends the
-            // target's output, so it must never wait on a slow target (that would deadlock a
-            // bidirectional stream). Memory stays bounded because the handler stops granting the
-            // vendor window while `backlog` is high (see `Conn::adjust_window`).
-            let (queue_tx, mut queue_rx) = tokio::sync::mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
+            // The vendor's side is read eagerly into a queue: russh's session loop also sends
+            // the target's output, so it must never wait on a slow target (that would deadlock
+            // a bidirectional stream). Memory stays bounded because the handler stops granting
+            // the vendor window while `backlog` is high (see `Conn::adjust_window`).
+            let (queue_tx, mut queue_rx) = mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
             let read_vendor = async {
                 while let Some(msg) = down_rd.wait().await {
                     let close = matches!(msg, ChannelMsg::Close);
@@ -95,6 +114,7 @@ impl Relay {
                         ChannelMsg::Data { data } => {
                             let n = data.len();
                             bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                            touch();
                             if wants_input {
                                 rec.input(&data).await;
                             }
@@ -143,6 +163,7 @@ impl Relay {
                     match msg {
                         ChannelMsg::Data { data } => {
                             bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            touch();
                             rec.output(&data).await;
                             if down_wr.data_bytes(data).await.is_err() {
                                 break;
@@ -150,6 +171,7 @@ impl Relay {
                         }
                         ChannelMsg::ExtendedData { data, ext } => {
                             bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            touch();
                             rec.output(&data).await;
                             if down_wr.extended_data_bytes(ext, data).await.is_err() {
                                 break;
@@ -173,17 +195,29 @@ impl Relay {
             };
 
             let mut failed = recorder_failure(rec);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             tokio::pin!(vendor_to_target, target_to_vendor);
-            let (reason, detail) = tokio::select! {
-                _ = &mut target_to_vendor => (EndReason::Closed, String::new()),
-                _ = &mut vendor_to_target => {
-                    // The vendor closed: close the target side and let its last output drain.
-                    let _ = up_wr.close().await;
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut target_to_vendor).await;
-                    (EndReason::Closed, String::new())
+            let (reason, detail) = loop {
+                tokio::select! {
+                    _ = &mut target_to_vendor => break (EndReason::Closed, String::new()),
+                    _ = &mut vendor_to_target => {
+                        // The vendor closed: close the target side and let its last output drain.
+                        let _ = up_wr.close().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), &mut target_to_vendor).await;
+                        break (EndReason::Closed, String::new());
+                    }
+                    r = wait_stop(&mut stop) => break (r, String::new()),
+                    msg = &mut failed => break (EndReason::Error, msg),
+                    Some(text) = notices.recv() => {
+                        let _ = down_wr.extended_data_bytes(1, Bytes::from(format!("\r\npenstock: {text}\r\n"))).await;
+                    }
+                    _ = tick.tick(), if idle_timeout.is_some() => {
+                        let idle = started.elapsed().saturating_sub(Duration::from_millis(last_activity.load(Ordering::Relaxed)));
+                        if idle_timeout.is_some_and(|t| idle >= t) {
+                            break (EndReason::Idle, String::new());
+                        }
+                    }
                 }
-                r = wait_stop(&mut stop) => (r, String::new()),
-                msg = &mut failed => (EndReason::Error, msg),
             };
             drop(failed);
             if reason != EndReason::Closed {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Row;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::app::App;
 use crate::sessions::EndReason;
@@ -18,8 +18,12 @@ use crate::sessions::EndReason;
 pub struct Live {
     /// Tells the relay to stop, and why.
     pub stop: watch::Sender<Option<EndReason>>,
+    /// Notices for the vendor.
+    pub notices: mpsc::Sender<String>,
     /// End of the grant (Unix seconds).
     pub valid_until: i64,
+    /// Which ending-soon notices were sent (10 min, 1 min).
+    pub warned: (bool, bool),
 }
 
 /// Live sessions of this process, by id.
@@ -27,13 +31,31 @@ pub struct Live {
 pub struct Registry(Mutex<HashMap<String, Live>>);
 
 impl Registry {
-    /// Adds a session; returns the receiver its relay listens on.
-    pub fn add(&self, id: &str, valid_until: i64) -> watch::Receiver<Option<EndReason>> {
+    /// Adds a session; returns the receivers its relay listens on.
+    pub fn add(&self, id: &str, valid_until: i64) -> (watch::Receiver<Option<EndReason>>, mpsc::Receiver<String>) {
         let (stop, rx) = watch::channel(None);
+        let (notices, notices_rx) = mpsc::channel(4);
         if let Ok(mut m) = self.0.lock() {
-            m.insert(id.to_string(), Live { stop, valid_until });
+            m.insert(id.to_string(), Live { stop, notices, valid_until, warned: (false, false) });
         }
-        rx
+        (rx, notices_rx)
+    }
+
+    /// Sends "ends in 10 minutes / 1 minute" notices that are due at `now`.
+    pub fn warn_due(&self, now: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            for l in m.values_mut() {
+                let left = l.valid_until - now;
+                let at = crate::clock::fmt_ts(l.valid_until);
+                if left <= 60 && !l.warned.1 {
+                    l.warned = (true, true);
+                    let _ = l.notices.try_send(format!("your access ends in 1 minute (at {at})"));
+                } else if left <= 600 && !l.warned.0 {
+                    l.warned.0 = true;
+                    let _ = l.notices.try_send(format!("your access ends in {} minutes (at {at})", (left + 59) / 60));
+                }
+            }
+        }
     }
 
     /// Forgets a session.
@@ -154,14 +176,54 @@ impl Server {
     }
 }
 
+/// Reloads the policies; a bad file keeps the current set and is logged.
+pub async fn reload_policies(app: &App, why: &str) {
+    match app.load_policies() {
+        Ok(n) => {
+            tracing::info!(policies = n, why, "policies reloaded");
+            let ev = crate::audit::Event::PoliciesLoaded { count: n as i64 };
+            if let Err(e) = crate::audit::record(&app.store, &*app.clock, "system", &ev).await {
+                tracing::error!(error = %e, "cannot audit policy reload");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), why, "policy reload failed; keeping the previous policies")
+        }
+    }
+}
+
+/// The policy generation counter that `penstock policy reload` bumps.
+pub async fn policy_generation(app: &App) -> Option<i64> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = 'policy_generation'")
+        .fetch_optional(app.store.pool())
+        .await
+        .ok()?;
+    let v: Vec<u8> = row?.try_get(0).ok()?;
+    String::from_utf8(v).ok()?.parse().ok()
+}
+
 /// Every half second: end sessions whose grant expired (by the injected clock), and ask the
 /// store which live sessions were killed, revoked, or whose user was disabled. A store outage
 /// keeps sessions running (they are still recorded) and is logged.
 async fn watch_sessions(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut generation = policy_generation(&shared.app).await;
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        n += 1;
+        if n % 4 == 0 {
+            // Every 2 s: pending requests past their time, and `penstock policy reload`.
+            if let Err(e) = crate::access::requests::expire_due(&shared.app).await {
+                tracing::warn!(error = %e, "cannot expire requests");
+            }
+            let g = policy_generation(&shared.app).await;
+            if g != generation {
+                generation = g;
+                reload_policies(&shared.app, "policy reload").await;
+            }
+        }
         if shared.registry.is_empty() {
             continue;
         }
@@ -170,6 +232,7 @@ async fn watch_sessions(shared: Arc<Shared>) {
         for id in shared.registry.expired(now) {
             shared.registry.stop(&id, EndReason::Expired);
         }
+        shared.registry.warn_due(now);
         let rows = sqlx::query(
             "SELECT s.id, s.kill_requested, g.revoked_at, u.disabled, u.expires_at, g.valid_until FROM sessions s \
              LEFT JOIN grants g ON g.id = s.grant_id LEFT JOIN users u ON u.id = s.user_id WHERE s.ended_at IS NULL",
