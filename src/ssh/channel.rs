@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use russh::{server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
+use russh::server::ChannelOpenHandle;
+use russh::{server, Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Pty};
 use tokio::sync::Mutex;
 
 use super::commands;
@@ -315,15 +316,7 @@ impl ChannelTask {
     }
 
     async fn upstream(&self, app: &App, target: &Target) -> Result<Arc<Connection>, upstream::UpstreamError> {
-        let mut slot = self.upstream.lock().await;
-        if let Some(u) = slot.as_ref() {
-            if !u.is_closed() {
-                return Ok(u.clone());
-            }
-        }
-        let conn = Arc::new(upstream::connect(app, target, &self.who.name).await?);
-        *slot = Some(conn.clone());
-        Ok(conn)
+        shared_upstream(&self.upstream, app, target, &self.who.name).await
     }
 
     /// Opens the target channel and replays PTY, environment and the request on it. `None`
@@ -470,6 +463,148 @@ impl ChannelTask {
             serde_json::json!({ "session": id, "user": self.who.name, "target": target.name, "reason": reason.as_str(), "bytes_up": out.bytes_up, "bytes_down": out.bytes_down }),
         );
         tracing::info!(session = %id, reason = reason.as_str(), up = out.bytes_up, down = out.bytes_down, "session ended");
+    }
+}
+
+/// The connection's upstream, connecting on first use.
+async fn shared_upstream(
+    slot: &UpstreamSlot,
+    app: &App,
+    target: &Target,
+    actor: &str,
+) -> Result<Arc<Connection>, upstream::UpstreamError> {
+    let mut slot = slot.lock().await;
+    if let Some(u) = slot.as_ref() {
+        if !u.is_closed() {
+            return Ok(u.clone());
+        }
+    }
+    let conn = Arc::new(upstream::connect(app, target, actor).await?);
+    *slot = Some(conn.clone());
+    Ok(conn)
+}
+
+/// A `direct-tcpip` request (`ssh -L`): allowed only to a `host:port` the target's policy lists,
+/// under a live grant; opened from the target's side, counted and audited as a session without
+/// a terminal recording.
+pub struct Forward {
+    /// Server state.
+    pub shared: Arc<Shared>,
+    /// Who logged in.
+    pub who: Principal,
+    /// Target named at login.
+    pub target: Option<String>,
+    /// Destination host.
+    pub host: String,
+    /// Destination port.
+    pub port: u32,
+    /// Originator address (from the client).
+    pub origin: (String, u32),
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Handle of the vendor's connection.
+    pub down_handle: server::Handle,
+    /// The connection's upstream.
+    pub upstream: UpstreamSlot,
+    /// The connection's backlog towards targets.
+    pub backlog: Arc<AtomicUsize>,
+}
+
+impl Forward {
+    async fn refuse(&self, reply: ChannelOpenHandle, why: &str) {
+        let ev = Event::ChannelRefused {
+            session: String::new(),
+            kind: "direct-tcpip".into(),
+            detail: format!("{}:{}: {why}", self.host, self.port),
+        };
+        if let Err(e) = audit::record(&self.shared.app.store, &*self.shared.app.clock, &self.who.name, &ev).await {
+            tracing::error!(error = %e, "cannot audit refused forward");
+        }
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+    }
+
+    /// Decides, opens and relays the forward.
+    pub async fn run(self, down: Channel<server::Msg>, reply: ChannelOpenHandle) {
+        let app = self.shared.app.clone();
+        let Some(target_name) = self.target.clone() else { return self.refuse(reply, "no target named").await };
+        let Ok(target) = targets::get(&app, &target_name).await else {
+            return self.refuse(reply, "unknown target").await;
+        };
+        let grant = match access::live_grant(&app, self.who.user_id, target.id, app.clock.now()).await {
+            Ok(Some(g)) => g,
+            _ => return self.refuse(reply, "no active grant").await,
+        };
+        let dest = format!("{}:{}", self.host.to_ascii_lowercase(), self.port);
+        let allowed = app
+            .policies
+            .current()
+            .for_target(&target)
+            .is_some_and(|p| p.channels.forward.iter().any(|d| d.eq_ignore_ascii_case(&dest)));
+        if !allowed {
+            return self.refuse(reply, "destination not allowed by policy").await;
+        }
+        let up = match shared_upstream(&self.upstream, &app, &target, &self.who.name).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "forward: upstream unavailable");
+                return reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        };
+        let up_chan = match up
+            .channel_open_direct_tcpip(self.host.clone(), self.port, self.origin.0.clone(), self.origin.1)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, dest, "forward: target could not connect");
+                return reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        };
+        let Ok(recorder) = Recorder::start_disabled() else {
+            return reply.reject(ChannelOpenFailure::ResourceShortage).await;
+        };
+        let id = sessions::new_id();
+        let peer = self.peer.to_string();
+        let start = sessions::Start {
+            id: &id,
+            user_id: self.who.user_id,
+            user: &self.who.name,
+            target_id: target.id,
+            target: &target.name,
+            grant_id: grant.id,
+            client_addr: &peer,
+            recording_path: None,
+        };
+        if let Err(e) = sessions::start(&app, &start).await {
+            tracing::error!(error = %e, "cannot store forward session; refused");
+            return reply.reject(ChannelOpenFailure::ResourceShortage).await;
+        }
+        reply.accept().await;
+        let (stop, notices) = self.shared.registry.add(&id, grant.valid_until);
+        let relay = Relay {
+            down: down.split(),
+            down_handle: self.down_handle.clone(),
+            up: up_chan,
+            recorder,
+            stop,
+            notices,
+            wants_input: false,
+            backlog: self.backlog.clone(),
+            idle_timeout: None,
+        };
+        let out = relay.run().await;
+        let _ = out.recorder.finish().await;
+        let end = sessions::End {
+            reason: out.reason,
+            bytes_up: out.bytes_up as i64,
+            bytes_down: out.bytes_down as i64,
+            recording_path: None,
+            recording_sha256: None,
+        };
+        if let Err(e) = sessions::end(&app, &id, &self.who.name, &end).await {
+            tracing::error!(session = %id, error = %e, "cannot store forward end");
+        }
+        self.shared.registry.remove(&id);
     }
 }
 

@@ -14,7 +14,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::channel::{ChannelTask, PtyReq, UpstreamSlot};
+use super::channel::{ChannelTask, Forward, PtyReq, UpstreamSlot};
 use super::login::{self, Login};
 use super::server::Shared;
 use crate::audit::{self, Event};
@@ -453,17 +453,32 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host: &str,
         port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No policy allows a forward destination yet (the default is none).
-        self.refuse_forward("direct-tcpip", format!("{}:{port}", host.chars().take(255).collect::<String>())).await;
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        let (Some(who), Some(login)) = (self.principal.clone(), self.login.clone()) else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        // Decided (policy destinations, live grant) in its own task; the open is answered there.
+        let fwd = Forward {
+            shared: self.shared.clone(),
+            who,
+            target: login.target,
+            host: host.chars().take(255).collect(),
+            port,
+            origin: (originator_address.chars().take(64).collect(), originator_port),
+            peer: self.peer,
+            down_handle: session.handle(),
+            upstream: self.upstream.clone(),
+            backlog: self.backlog.clone(),
+        };
+        tokio::spawn(fwd.run(channel, reply));
         Ok(())
     }
 
