@@ -127,7 +127,7 @@ pub struct Who {
 impl Who {
     /// Whether `u` is named.
     pub fn includes(&self, u: &User) -> bool {
-        self.users.iter().any(|n| *n == u.name)
+        self.users.contains(&u.name)
             || u.org.as_ref().is_some_and(|o| self.orgs.iter().any(|x| x == o))
             || self.roles.contains(&u.role)
     }

@@ -626,10 +626,8 @@ async fn read_line(rd: &mut ChannelReadHalf, wr: &Wr, prompt: &str) -> Option<St
                             let _ = wr.data_bytes(Bytes::from_static(b"\r\n")).await;
                             return Some(line);
                         }
-                        0x7f | 0x08 => {
-                            if line.pop().is_some() {
-                                let _ = wr.data_bytes(Bytes::from_static(b"\x08 \x08")).await;
-                            }
+                        0x7f | 0x08 if line.pop().is_some() => {
+                            let _ = wr.data_bytes(Bytes::from_static(b"\x08 \x08")).await;
                         }
                         b if b >= 0x20 && line.len() < 500 => {
                             line.push(b as char);

@@ -213,7 +213,7 @@ async fn watch_sessions(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         n += 1;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             // Every 2 s: pending requests past their time, and `penstock policy reload`.
             if let Err(e) = crate::access::requests::expire_due(&shared.app).await {
                 tracing::warn!(error = %e, "cannot expire requests");
