@@ -53,7 +53,7 @@ pub struct SshConfig {
 impl Default for SshConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:2222".parse().expect("static address"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
             host_key: PathBuf::from("ssh_host_ed25519_key"),
             login_timeout_secs: 60,
             max_pending_logins: 64,
@@ -71,7 +71,7 @@ pub struct WebConfig {
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8443".parse().expect("static address") }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)) }
     }
 }
 

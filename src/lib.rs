@@ -4,6 +4,8 @@
 //! `recording`) and front ends (`ssh`) that translate a protocol into calls on that core.
 //! See `docs/ARCHITECTURE.md` for the flow.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod access;
 pub mod app;
 pub mod audit;
