@@ -319,22 +319,28 @@ impl ChannelTask {
         shared_upstream(&self.upstream, app, target, &self.who.name).await
     }
 
-    /// Opens the target channel and replays PTY, environment and the request on it. `None`
-    /// means the target refused the request.
-    async fn open_upstream(&self, up: &Connection) -> anyhow::Result<Option<Channel<russh::client::Msg>>> {
-        let mut chan = up.channel_open_session().await?;
+    /// Opens the target channel and replays PTY and environment on it. Nothing runs on the
+    /// target yet: the shell, command or subsystem is requested by [`Self::request_upstream`]
+    /// only once the session is recorded (fail closed).
+    async fn open_upstream(&self, up: &Connection) -> anyhow::Result<Channel<russh::client::Msg>> {
+        let chan = up.channel_open_session().await?;
         if let Some(p) = &self.pty {
             chan.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes).await?;
         }
         for (k, v) in &self.env {
             chan.set_env(false, k.clone(), v.clone()).await?;
         }
+        Ok(chan)
+    }
+
+    /// Asks the target for the shell, command or subsystem; `false` if it refused.
+    async fn request_upstream(&self, chan: &mut Channel<russh::client::Msg>) -> anyhow::Result<bool> {
         match &self.kind {
             ChannelKind::Shell => chan.request_shell(true).await?,
             ChannelKind::Exec(cmd) => chan.exec(true, cmd.as_bytes()).await?,
             ChannelKind::Subsystem(s) => chan.request_subsystem(true, s.clone()).await?,
         }
-        let answer = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::time::timeout(Duration::from_secs(15), async {
             loop {
                 match chan.wait().await {
                     Some(ChannelMsg::Success) => return Ok(true),
@@ -344,8 +350,7 @@ impl ChannelTask {
                 }
             }
         })
-        .await??;
-        Ok(answer.then_some(chan))
+        .await?
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -366,9 +371,8 @@ impl ChannelTask {
                 return refuse(&wr, &e.to_string(), 1).await;
             }
         };
-        let up_chan = match self.open_upstream(&up).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return refuse(&wr, &format!("{} refused the request", target.name), 1).await,
+        let mut up_chan = match self.open_upstream(&up).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(target = %target.name, error = %e, "cannot open upstream channel");
                 return refuse(&wr, &format!("cannot open a session on {}", target.name), 1).await;
@@ -414,6 +418,25 @@ impl ChannelTask {
             return refuse(&wr, "session refused: the gateway cannot record it (store unavailable)", 1).await;
         }
         let (stop, notices) = self.shared.registry.add(&id, grant.valid_until);
+        // Only now, with the recording open and the session on record, does anything run.
+        let started = match self.request_upstream(&mut up_chan).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{} refused the request", target.name)),
+            Err(e) => {
+                tracing::warn!(target = %target.name, error = %e, "upstream request failed");
+                Err(format!("cannot open a session on {}", target.name))
+            }
+        };
+        if let Err(msg) = started {
+            let _ = up_chan.close().await;
+            let sha = recorder.finish().await.ok().filter(|_| recorded);
+            let end = sessions::End { reason: EndReason::Error, bytes_up: 0, bytes_down: 0, recording_path: recorded.then_some(path), recording_sha256: sha };
+            if let Err(e) = sessions::end(&app, &id, &self.who.name, &end).await {
+                tracing::error!(session = %id, error = %e, "cannot store session end");
+            }
+            self.shared.registry.remove(&id);
+            return refuse(&wr, &msg, 1).await;
+        }
         tracing::info!(session = %id, user = %self.who.name, target = %target.name, "session started");
         app.notifier.send(
             "session.started",
