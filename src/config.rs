@@ -48,6 +48,8 @@ pub struct SshConfig {
     pub login_timeout_secs: u64,
     /// Most connections that may be logging in at once.
     pub max_pending_logins: usize,
+    /// Most connections from one source address that may be logging in at once.
+    pub max_pending_per_source: usize,
 }
 
 impl Default for SshConfig {
@@ -56,7 +58,8 @@ impl Default for SshConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
             host_key: PathBuf::from("ssh_host_ed25519_key"),
             login_timeout_secs: 60,
-            max_pending_logins: 64,
+            max_pending_logins: 256,
+            max_pending_per_source: 16,
         }
     }
 }
@@ -350,6 +353,10 @@ listen = "0.0.0.0:2222"
 host_key = "ssh_host_ed25519_key"
 # Seconds a client gets to finish logging in.
 login_timeout_secs = 60
+# Connections still logging in, in all and per source address; past that new ones are dropped,
+# so half-open handshakes from one place cannot lock everyone else out.
+max_pending_logins = 256
+max_pending_per_source = 16
 
 [web]
 # Web console (arrives with the web console issue).

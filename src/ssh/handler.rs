@@ -12,11 +12,10 @@ use std::time::Duration;
 use russh::keys::ssh_key::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::channel::{ChannelTask, Forward, PtyReq, UpstreamSlot};
 use super::login::{self, Login};
-use super::server::Shared;
+use super::server::{LoginSlot, Shared};
 use crate::audit::{self, Event};
 use crate::auth::{self, FirstFactor, Principal};
 use crate::recording::ChannelKind;
@@ -36,7 +35,7 @@ pub async fn serve_connection(
     shared: Arc<Shared>,
     sock: tokio::net::TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: LoginSlot,
 ) {
     let authed = Arc::new(AtomicBool::new(false));
     let limit = Duration::from_secs(shared.app.config.ssh.login_timeout_secs.max(1));
@@ -87,7 +86,7 @@ enum Kbd {
 pub struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<LoginSlot>,
     authed: Arc<AtomicBool>,
     key_ok: Option<(String, Principal)>,
     kbd: Kbd,
@@ -102,7 +101,7 @@ pub struct Conn {
 pub const BACKLOG_HIGH: usize = 4 * 1024 * 1024;
 
 impl Conn {
-    fn new(shared: Arc<Shared>, peer: SocketAddr, permit: OwnedSemaphorePermit, authed: Arc<AtomicBool>) -> Self {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, permit: LoginSlot, authed: Arc<AtomicBool>) -> Self {
         Conn {
             shared,
             peer,

@@ -2,13 +2,13 @@
 //! live sessions for kills, revocations, disabled users and expiry.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Row;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::app::App;
 use crate::sessions::EndReason;
@@ -92,6 +92,49 @@ impl Registry {
     }
 }
 
+/// A place in the "still logging in" limits: global and per source address. Dropping it frees
+/// both.
+#[derive(Debug)]
+pub struct LoginSlot {
+    _global: OwnedSemaphorePermit,
+    source: IpAddr,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.per_source.lock() {
+            if let Some(n) = m.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.source);
+                }
+            }
+        }
+    }
+}
+
+/// Hands out [`LoginSlot`]s.
+#[derive(Debug)]
+struct LoginLimits {
+    global: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_source: usize,
+}
+
+impl LoginLimits {
+    fn try_take(&self, source: IpAddr) -> Option<LoginSlot> {
+        let global = self.global.clone().try_acquire_owned().ok()?;
+        let mut m = self.per_source.lock().ok()?;
+        let n = m.entry(source).or_insert(0);
+        if *n >= self.max_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(LoginSlot { _global: global, source, per_source: self.per_source.clone() })
+    }
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
@@ -150,7 +193,12 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) -> anyhow::Result<()> {
-        let pending = Arc::new(Semaphore::new(self.shared.app.config.ssh.max_pending_logins.max(1)));
+        let cfg = &self.shared.app.config.ssh;
+        let limits = LoginLimits {
+            global: Arc::new(Semaphore::new(cfg.max_pending_logins.max(1))),
+            per_source: Arc::new(Mutex::new(HashMap::new())),
+            max_per_source: cfg.max_pending_per_source.max(1),
+        };
         tokio::spawn(watch_sessions(self.shared.clone()));
         loop {
             let (sock, peer) = match self.listener.accept().await {
@@ -163,7 +211,7 @@ impl Server {
             };
             // Connections still logging in are bounded; past that, new ones are dropped at once
             // so a flood of half-open handshakes cannot stall the gateway.
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
+            let Some(permit) = limits.try_take(peer.ip()) else {
                 tracing::warn!(%peer, "too many connections logging in; dropped");
                 continue;
             };
