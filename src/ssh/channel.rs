@@ -430,7 +430,13 @@ impl ChannelTask {
         if let Err(msg) = started {
             let _ = up_chan.close().await;
             let sha = recorder.finish().await.ok().filter(|_| recorded);
-            let end = sessions::End { reason: EndReason::Error, bytes_up: 0, bytes_down: 0, recording_path: recorded.then_some(path), recording_sha256: sha };
+            let end = sessions::End {
+                reason: EndReason::Error,
+                bytes_up: 0,
+                bytes_down: 0,
+                recording_path: recorded.then_some(path),
+                recording_sha256: sha,
+            };
             if let Err(e) = sessions::end(&app, &id, &self.who.name, &end).await {
                 tracing::error!(session = %id, error = %e, "cannot store session end");
             }

@@ -31,12 +31,7 @@ fn env_allowed(name: &str) -> bool {
 }
 
 /// Runs one connection to its end.
-pub async fn serve_connection(
-    shared: Arc<Shared>,
-    sock: tokio::net::TcpStream,
-    peer: SocketAddr,
-    permit: LoginSlot,
-) {
+pub async fn serve_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: SocketAddr, permit: LoginSlot) {
     let authed = Arc::new(AtomicBool::new(false));
     let limit = Duration::from_secs(shared.app.config.ssh.login_timeout_secs.max(1));
     let conn = Conn::new(shared.clone(), peer, permit, authed.clone());
