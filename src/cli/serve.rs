@@ -90,9 +90,15 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     let mut cfg = Config::load(&config_path)?;
     cfg.ssh.listen = ssh_listen.parse().with_context(|| format!("invalid --ssh-listen {ssh_listen:?}"))?;
     let port = cfg.ssh.listen.port();
-    println!("Add a target:   penstock -c {} target add NAME --address HOST:22 --login USER --password-stdin --fetch-host-key", config_path.display());
-    println!("Grant access:   penstock -c {} grant add --user vendor --target NAME --for 2h", config_path.display());
-    println!("Log in:         ssh -p {port} vendor@NAME@{}   (password, then the 6-digit code)\n", cfg.ssh.listen.ip());
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "penstock".into());
+    let c = config_path.display();
+    let ip = cfg.ssh.listen.ip();
+    println!("Add a target:   {exe} -c {c} target add plc-line3 --address HOST:22 --login USER --password-stdin --fetch-host-key");
+    println!("Vendor asks:    ssh -p {port} vendor@{ip} request plc-line3 --for 1h --reason \"CHG-1\"   (or just connect below)");
+    println!("Manager:        ssh -p {port} manager@{ip} requests --pending ; ssh -p {port} manager@{ip} approve ID");
+    println!("Break-glass:    {exe} -c {c} grant add --user vendor --target plc-line3 --for 2h");
+    println!("Connect:        ssh -p {port} vendor@plc-line3@{ip}   (password, then the 6-digit code)");
+    println!("Policies in {} decide who approves and when (see README).\n", dir.join("policies").display());
     init_tracing(&cfg);
     run(App::open(cfg).await?).await
 }
