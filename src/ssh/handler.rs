@@ -233,9 +233,8 @@ impl Conn {
                 return self.refuse(ch, session, &e.to_string(), 1);
             }
         };
-        match self.open_upstream(&up, ch, &kind).await {
-            Ok(Some(up_chan)) => self.launch(ch, kind, session, who, target, grant, up, up_chan).await,
-            Ok(None) => session.channel_failure(ch),
+        match self.open_upstream(&up, ch).await {
+            Ok(up_chan) => self.launch(ch, kind, session, who, target, grant, up, up_chan).await,
             Err(e) => {
                 tracing::warn!(target = %target.name, error = %e, "cannot open upstream channel");
                 self.refuse(ch, session, &format!("cannot open a session on {}", target.name), 1)
@@ -258,15 +257,11 @@ impl Conn {
         Ok(conn)
     }
 
-    /// Opens the target channel and replays PTY, environment and the request on it. `None`
-    /// means the target refused the request.
-    async fn open_upstream(
-        &mut self,
-        up: &Connection,
-        ch: ChannelId,
-        kind: &ChannelKind,
-    ) -> anyhow::Result<Option<Channel<russh::client::Msg>>> {
-        let mut chan = up.channel_open_session().await?;
+    /// Opens the target channel and replays PTY and environment on it. Nothing runs on the
+    /// target yet: the shell, command or subsystem is only requested (by [`request_upstream`])
+    /// once the session is recorded.
+    async fn open_upstream(&mut self, up: &Connection, ch: ChannelId) -> anyhow::Result<Channel<russh::client::Msg>> {
+        let chan = up.channel_open_session().await?;
         let Some(state) = self.channels.get(&ch) else { anyhow::bail!("channel vanished") };
         if let Some(p) = &state.pty {
             chan.request_pty(false, &p.term, p.cols, p.rows, 0, 0, &p.modes).await?;
@@ -274,23 +269,7 @@ impl Conn {
         for (k, v) in &state.env {
             chan.set_env(false, k.clone(), v.clone()).await?;
         }
-        match kind {
-            ChannelKind::Shell => chan.request_shell(true).await?,
-            ChannelKind::Exec(cmd) => chan.exec(true, cmd.as_bytes()).await?,
-            ChannelKind::Subsystem(s) => chan.request_subsystem(true, s.clone()).await?,
-        }
-        let answer = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match chan.wait().await {
-                    Some(ChannelMsg::Success) => return Ok(true),
-                    Some(ChannelMsg::Failure) => return Ok(false),
-                    Some(ChannelMsg::Close) | None => anyhow::bail!("target closed the channel"),
-                    Some(_) => {}
-                }
-            }
-        })
-        .await??;
-        Ok(answer.then_some(chan))
+        Ok(chan)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -303,12 +282,13 @@ impl Conn {
         target: Target,
         grant: Grant,
         up: Arc<Connection>,
-        up_chan: Channel<russh::client::Msg>,
+        mut up_chan: Channel<russh::client::Msg>,
     ) -> Result<(), russh::Error> {
         let app = self.shared.app.clone();
-        let Some(state) = self.channels.get_mut(&ch) else { return session.channel_failure(ch) };
-        let Some(down) = state.chan.take() else { return session.channel_failure(ch) };
-        state.started = true;
+        let Some(state) = self.channels.get(&ch) else { return session.channel_failure(ch) };
+        if state.chan.is_none() {
+            return session.channel_failure(ch);
+        }
         let pty = state.pty.clone();
         let id = sessions::new_id();
         let title = format!("{} → {}", who.name, target.name);
@@ -354,6 +334,37 @@ impl Conn {
             let _ = up_chan.close().await;
             return self.refuse(ch, session, "session refused: the gateway cannot record it (store unavailable)", 1);
         }
+        // Recorded and stored: only now does anything run on the target.
+        let accepted = request_upstream(&mut up_chan, &kind).await;
+        let down = match &accepted {
+            Ok(true) => self.channels.get_mut(&ch).and_then(|s| {
+                s.started = true;
+                s.chan.take()
+            }),
+            _ => None,
+        };
+        let Some(down) = down else {
+            let _ = up_chan.close().await;
+            let recorded = app.config.recordings.enabled;
+            let sha = recorder.finish().await.ok().filter(|_| recorded);
+            let end = sessions::End {
+                reason: EndReason::Error,
+                bytes_up: 0,
+                bytes_down: 0,
+                recording_path: recorded.then(|| path.clone()),
+                recording_sha256: sha,
+            };
+            if let Err(e) = sessions::end(&app, &id, &who.name, &end).await {
+                tracing::error!(session = %id, error = %e, "cannot store session end");
+            }
+            return match accepted {
+                Ok(_) => session.channel_failure(ch),
+                Err(e) => {
+                    tracing::warn!(target = %target.name, error = %e, "target did not start the session");
+                    self.refuse(ch, session, &format!("cannot open a session on {}", target.name), 1)
+                }
+            };
+        };
         let stop = self.shared.registry.add(&id, grant.valid_until);
         session.channel_success(ch)?;
         tracing::info!(session = %id, user = %who.name, target = %target.name, "session started");
@@ -404,6 +415,26 @@ impl Conn {
             tracing::error!(error = %e, "cannot audit refused channel");
         }
     }
+}
+
+/// Asks the target for the shell, command or subsystem; `false` means it refused.
+async fn request_upstream(chan: &mut Channel<russh::client::Msg>, kind: &ChannelKind) -> anyhow::Result<bool> {
+    match kind {
+        ChannelKind::Shell => chan.request_shell(true).await?,
+        ChannelKind::Exec(cmd) => chan.exec(true, cmd.as_bytes()).await?,
+        ChannelKind::Subsystem(s) => chan.request_subsystem(true, s.clone()).await?,
+    }
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match chan.wait().await {
+                Some(ChannelMsg::Success) => return Ok(true),
+                Some(ChannelMsg::Failure) => return Ok(false),
+                Some(ChannelMsg::Close) | None => anyhow::bail!("target closed the channel"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await?
 }
 
 fn first_answers(response: Option<Response<'_>>) -> Vec<Secret> {
