@@ -8,14 +8,16 @@
 //! * [`postgres`]: one throw-away PostgreSQL server per test binary, a fresh database per test.
 //! * [`Install`]: an installation made by the real `penstock init` in a temporary folder, with
 //!   helpers to run the binary against it and check its answers.
+//! * [`sshd`]: a real OpenSSH `sshd` as a target, the real `penstock serve` and the real `ssh`,
+//!   `scp` and `sftp` clients, for end-to-end tests of the SSH gateway.
 //! * Small utilities: [`block_on`], [`files_under`], [`contains`], [`ssh_keygen`].
 //!
-//! Room is left for more front-end helpers (an `sshd` to act as a target, an SSH client, …):
-//! put them in their own submodule next to `postgres`.
+//! Room is left for more front-end helpers: put them in their own submodule next to `postgres`.
 
 #![allow(dead_code, unused_macros)]
 
 pub mod postgres;
+pub mod sshd;
 
 use std::ffi::OsStr;
 use std::future::Future;
