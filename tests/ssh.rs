@@ -276,7 +276,7 @@ fn fifty_mib_each_way_is_byte_exact() {
 
     let v = lab.vendor();
     let echoed = scratch.join("blob.echo");
-    let out = run_files(lab.ssh(&v, &[]).arg("cat"), &input, &echoed, Duration::from_secs(120));
+    let out = run_files(lab.ssh(&v, &[]).arg("cat"), &input, &echoed, Duration::from_secs(300));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&echoed), hash, "data through `cat` changed");
     let (s, _) = ended(&lab, &v.name, "closed");
@@ -291,7 +291,7 @@ fn fifty_mib_each_way_is_byte_exact() {
         lab.ssh(&up, &[]).arg(format!("cat > {}", remote.display())),
         &input,
         &scratch.join("up.out"),
-        Duration::from_secs(120),
+        Duration::from_secs(300),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&remote), hash, "uploaded file differs");
@@ -304,7 +304,7 @@ fn fifty_mib_each_way_is_byte_exact() {
         lab.ssh(&down, &[]).arg(format!("cat {}", remote.display())),
         Path::new("/dev/null"),
         &fetched,
-        Duration::from_secs(120),
+        Duration::from_secs(300),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&fetched), hash, "downloaded file differs");
@@ -546,7 +546,11 @@ fn logins_and_refusals(b: Backend) {
     let z = lab.vendor();
     let out = run(lab.client("ssh", &z).arg(format!("{}@127.0.0.1", z.name)).arg("true"), b"", T);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no target named"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown command true") && stderr(&out).contains("USER@TARGET@gateway"),
+        "{}",
+        stderr(&out)
+    );
 
     let refusals = lab.audit_events("session.refused");
     let reason = |user: &str| {
@@ -734,7 +738,7 @@ fn target_refusing_the_request_ends_the_session_as_error(b: Backend) {
     let out =
         run(lab.client("sftp", &v).arg("-b").arg(&batch).arg(format!("{}@127.0.0.1", v.login("plc-nosftp"))), b"", T);
     let err = assert_refused("sftp on a target without sftp", &out);
-    assert!(err.contains("subsystem request failed"), "{err}");
+    assert!(err.contains("plc-nosftp refused the request"), "{err}");
     let s = lab.ended_session(&v.name);
     assert_eq!(s["end_reason"], "error", "{s}");
     assert_eq!(s["target"], "plc-nosftp", "{s}");
@@ -809,7 +813,8 @@ fn forwarding_is_refused_and_audited(b: Backend) {
     loop {
         let ev = lab.audit_events("session.channel_refused");
         if let Some(e) = ev.iter().find(|e| e["details"]["kind"] == "direct-tcpip") {
-            assert_eq!(e["details"]["detail"], format!("127.0.0.1:{}", decoy.port), "{e}");
+            let detail = e["details"]["detail"].as_str().unwrap_or_default();
+            assert!(detail.starts_with(&format!("127.0.0.1:{}: ", decoy.port)), "{e}");
             assert_eq!(e["actor"], v.name.as_str(), "{e}");
             break;
         }

@@ -212,6 +212,14 @@ pub async fn run(app: &App, who: &User, line_text: &str) -> Output {
     if argv.is_empty() || argv == ["help"] || argv == ["--help"] {
         return ok(help(who));
     }
+    const KNOWN: &[&str] =
+        &["request", "requests", "grants", "approve", "deny", "cancel", "revoke", "whoami", "help", "--json"];
+    if !KNOWN.contains(&argv[0].as_str()) {
+        return fail(
+            format!("unknown command {}: to reach a target connect as USER@TARGET@gateway; `help` lists the gateway's commands", argv[0]),
+            2,
+        );
+    }
     let gw = match Gw::try_parse_from(&argv) {
         Ok(g) => g,
         Err(e) => {
