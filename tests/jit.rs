@@ -61,7 +61,6 @@ jit_tests! {
     fn grant_with_future_start_starts_then;
     fn grant_waits_for_the_next_window_opening;
     fn grant_is_capped_by_the_policy_maximum;
-    #[ignore = "bug: grant_interval (src/access/requests.rs) ends a grant at max(start_at, approval) + duration: approved after its --start, it outlasts start_at + duration"]
     fn grant_never_outlasts_the_requested_interval;
     fn pending_request_expires;
     fn dst_fall_back_window_ends_at_local_close;

@@ -458,7 +458,8 @@ pub async fn approve(app: &App, who: &User, id: i64, comment: Option<&str>) -> R
 pub fn grant_interval(policy: &Policy, req: &Request, now: i64) -> Result<(i64, i64)> {
     let start = req.start_at.unwrap_or(now).max(now);
     let mut from = start;
-    let mut until = start + req.duration;
+    // A request with a start is for [start, start + duration); approved late, it is shorter.
+    let mut until = req.start_at.unwrap_or(start) + req.duration;
     if !policy.windows.is_empty() {
         let span = match window::containing(&policy.windows, start) {
             Some(w) => w,

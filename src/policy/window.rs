@@ -94,11 +94,21 @@ pub fn parse_once(from: &str, to: &str, tz: Tz) -> Result<Window, String> {
     Ok(Window::Once { from, to, tz })
 }
 
-/// The UTC instant of a local time, resolving DST gaps and overlaps as described above.
+/// The UTC instant of a local time, resolving DST gaps and overlaps as described above (an
+/// ambiguous time gives its earlier instant).
 pub fn local_to_utc(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    resolve(tz, local, false)
+}
+
+/// Like [`local_to_utc`], but an ambiguous time gives its later instant (for window openings).
+fn local_to_utc_late(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    resolve(tz, local, true)
+}
+
+fn resolve(tz: Tz, local: NaiveDateTime, late: bool) -> DateTime<Utc> {
     match tz.from_local_datetime(&local) {
         LocalResult::Single(t) => t.with_timezone(&Utc),
-        LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+        LocalResult::Ambiguous(a, b) => if late { b } else { a }.with_timezone(&Utc),
         LocalResult::None => {
             // Inside a gap: the first valid minute after it.
             let mut l = local;
@@ -119,7 +129,7 @@ impl Window {
         let mut out = Vec::new();
         match self {
             Window::Once { from: f, to, tz } => {
-                out.push((local_to_utc(*tz, *f).timestamp(), local_to_utc(*tz, *to).timestamp()));
+                out.push((local_to_utc_late(*tz, *f).timestamp(), local_to_utc(*tz, *to).timestamp()));
             }
             Window::Weekly { days, start, end_day, end, tz } => {
                 let Some(t0) = DateTime::from_timestamp(from, 0) else { return out };
@@ -144,7 +154,7 @@ impl Window {
                             None => d + Duration::days(1),
                         };
                         let close = close_date.and_time(*end);
-                        out.push((local_to_utc(*tz, open).timestamp(), local_to_utc(*tz, close).timestamp()));
+                        out.push((local_to_utc_late(*tz, open).timestamp(), local_to_utc(*tz, close).timestamp()));
                     }
                     d += Duration::days(1);
                 }
@@ -214,6 +224,16 @@ mod tests {
         let w2 = vec![parse_weekly("Sun 01:00 - 02:30", BERLIN).unwrap()];
         let (o, c) = containing(&w2, utc("2026-10-24 23:30")).unwrap();
         assert_eq!((o, c), (utc("2026-10-24 23:00"), utc("2026-10-25 00:30")));
+    }
+
+    #[test]
+    fn dst_fall_back_ambiguous_opening_takes_the_later_instant() {
+        // 02:30 happens twice on 2026-10-25; the window opens at the second one (CET).
+        let w = vec![parse_weekly("Sun 02:30 - 05:00", BERLIN).unwrap()];
+        let (o, c) = containing(&w, utc("2026-10-25 02:00")).unwrap();
+        assert_eq!(o, utc("2026-10-25 01:30"));
+        assert_eq!(c, utc("2026-10-25 04:00"));
+        assert_eq!(containing(&w, utc("2026-10-25 00:45")), None);
     }
 
     #[test]
