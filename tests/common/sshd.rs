@@ -283,6 +283,12 @@ impl Sshd {
 
     /// Like [`Sshd::start`], optionally without any subsystem (so `sftp` is refused).
     pub fn start_with(sftp: bool) -> Sshd {
+        Sshd::start_extra(sftp, "")
+    }
+
+    /// Like [`Sshd::start_with`] with `extra` lines (e.g. `AcceptEnv *\n`) appended to its
+    /// config (they must not repeat an option set here: sshd takes the first value).
+    pub fn start_extra(sftp: bool, extra: &str) -> Sshd {
         ensure_target_account();
         let dir = tempfile::Builder::new().prefix("penstock-sshd-").tempdir().expect("temp dir");
         // The target account reads authorized_keys with its own rights.
@@ -312,7 +318,8 @@ impl Sshd {
              UseDNS no\n\
              MaxStartups 100:30:200\n\
              MaxSessions 64\n\
-             LogLevel VERBOSE\n",
+             LogLevel VERBOSE\n\
+             {extra}",
             hk = d.join("ssh_host_ed25519_key").display(),
             pid = d.join("sshd.pid").display(),
             ak = ak.display(),
@@ -375,6 +382,11 @@ impl Gateway {
     /// Starts `penstock -c CONFIG serve` with `PENSTOCK_SSH_LISTEN=127.0.0.1:PORT`; waits until it
     /// listens.
     pub fn start(install: &Install) -> Gateway {
+        Gateway::start_env(install, &[])
+    }
+
+    /// Like [`Gateway::start`] with extra environment (e.g. `PENSTOCK_*` overrides).
+    pub fn start_env(install: &Install, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let log = install.dir().join("gateway.log");
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("gateway log");
@@ -383,6 +395,7 @@ impl Gateway {
                 .command(&["serve"])
                 .env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
                 .env("NO_COLOR", "1")
+                .envs(env.iter().copied())
                 .stdout(logf.try_clone().expect("dup"))
                 .stderr(logf),
         )
@@ -395,6 +408,17 @@ impl Gateway {
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it with SIGKILL (no chance to flush or close anything) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops it (SIGTERM, then SIGKILL after 5 s).
@@ -497,9 +521,15 @@ impl Lab {
     /// `init`, an sshd, the target [`TARGET`] (password credential, pinned host key) and the
     /// gateway.
     pub fn new(backend: Backend) -> Lab {
+        Lab::with(backend, "", &[])
+    }
+
+    /// Like [`Lab::new`] with `sshd_extra` lines in the target's sshd config and `env` for the
+    /// gateway.
+    pub fn with(backend: Backend, sshd_extra: &str, env: &[(&str, &str)]) -> Lab {
         require_root();
         let install = Install::new(backend);
-        let sshd = Sshd::start();
+        let sshd = Sshd::start_extra(true, sshd_extra);
         install.ok_stdin(
             &[
                 "target",
@@ -515,7 +545,7 @@ impl Lab {
             ],
             format!("{TARGET_PASSWORD}\n").as_bytes(),
         );
-        let gateway = Gateway::start(&install);
+        let gateway = Gateway::start_env(&install, env);
         let port = gateway.port;
         Lab {
             install,
@@ -531,6 +561,18 @@ impl Lab {
     /// The gateway's SSH port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The gateway's process id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("gateway running").pid()
+    }
+
+    /// Kills the gateway with SIGKILL.
+    pub fn kill_gateway(&mut self) {
+        if let Some(g) = self.gateway.as_mut() {
+            g.kill9();
+        }
     }
 
     /// The gateway's log so far.
