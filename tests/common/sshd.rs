@@ -375,6 +375,11 @@ impl Gateway {
     /// Starts `penstock -c CONFIG serve` with `PENSTOCK_SSH_LISTEN=127.0.0.1:PORT`; waits until it
     /// listens.
     pub fn start(install: &Install) -> Gateway {
+        Gateway::start_with(install, &[])
+    }
+
+    /// Like [`Gateway::start`] with extra environment (e.g. `PENSTOCK_*` overrides).
+    pub fn start_with(install: &Install, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let log = install.dir().join("gateway.log");
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("gateway log");
@@ -383,6 +388,7 @@ impl Gateway {
                 .command(&["serve"])
                 .env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
                 .env("NO_COLOR", "1")
+                .envs(env.iter().copied())
                 .stdout(logf.try_clone().expect("dup"))
                 .stderr(logf),
         )
@@ -497,8 +503,20 @@ impl Lab {
     /// `init`, an sshd, the target [`TARGET`] (password credential, pinned host key) and the
     /// gateway.
     pub fn new(backend: Backend) -> Lab {
+        Lab::with_options(backend, &[], &[])
+    }
+
+    /// Like [`Lab::new`], writing `policies` (file name, TOML text) into `DIR/policies/` before
+    /// the gateway starts (files are read in name order, so `00-….toml` wins over the shipped
+    /// examples) and starting the gateway with the extra environment `env`.
+    pub fn with_options(backend: Backend, policies: &[(&str, &str)], env: &[(&str, &str)]) -> Lab {
         require_root();
         let install = Install::new(backend);
+        let pdir = install.dir().join("policies");
+        std::fs::create_dir_all(&pdir).expect("policies dir");
+        for (name, text) in policies {
+            std::fs::write(pdir.join(name), text).expect("write policy");
+        }
         let sshd = Sshd::start();
         install.ok_stdin(
             &[
@@ -515,7 +533,7 @@ impl Lab {
             ],
             format!("{TARGET_PASSWORD}\n").as_bytes(),
         );
-        let gateway = Gateway::start(&install);
+        let gateway = Gateway::start_with(&install, env);
         let port = gateway.port;
         Lab {
             install,
@@ -548,11 +566,17 @@ impl Lab {
 
     /// A new vendor without any grant.
     pub fn vendor_without_grant(&self) -> Vendor {
-        let name = format!("v{}", random_hex(5));
+        self.user_with_role("vendor")
+    }
+
+    /// A new user with `role` (`vendor`, `manager`, …; random name and password, TOTP
+    /// enrolled), in the organisation "Acme Automation"; no grant.
+    pub fn user_with_role(&self, role: &str) -> Vendor {
+        let name = format!("{}{}", &role[..1], random_hex(5));
         let password = format!("Vendor-Pw-{}", random_hex(8));
         self.passwords.lock().unwrap_or_else(|e| e.into_inner()).push(password.clone());
         let out = self.install.ok_stdin(
-            &["user", "add", &name, "--role", "vendor", "--org", "Acme Automation", "--password-stdin"],
+            &["user", "add", &name, "--role", role, "--org", "Acme Automation", "--password-stdin"],
             format!("{password}\n").as_bytes(),
         );
         let uri = out.lines().find(|l| l.starts_with("otpauth://")).unwrap_or_else(|| panic!("no URI in:\n{out}"));
