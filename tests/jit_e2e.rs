@@ -426,6 +426,13 @@ fn grant_credential_logs_in_until_revoked() {
         common::sshd::run(to_target(&lab, &vendor, &vendor.answers_with(&cred)).arg("echo VIA-CREDENTIAL"), b"", T);
     assert!(!out.status.success(), "revoked credential still works: {}", stdout(&out));
     assert!(!stdout(&out).contains("VIA-CREDENTIAL"));
+    // Refused at the first factor (the TOTP code was a fresh, valid one).
+    let failed: Vec<Value> = events(&lab, "login.failed")
+        .into_iter()
+        .filter(|e| e["details"]["user"].as_str().is_some_and(|u| u.starts_with(vendor.name())))
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["details"]["reason"].as_str().is_some_and(|r| r.contains("wrong credentials")), "{failed:?}");
     lab.finish();
 }
 
