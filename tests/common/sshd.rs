@@ -521,14 +521,30 @@ impl Lab {
     /// `init`, an sshd, the target [`TARGET`] (password credential, pinned host key) and the
     /// gateway.
     pub fn new(backend: Backend) -> Lab {
-        Lab::with(backend, "", &[])
+        Lab::setup(backend, "", &[], &[])
     }
 
     /// Like [`Lab::new`] with `sshd_extra` lines in the target's sshd config and `env` for the
     /// gateway.
     pub fn with(backend: Backend, sshd_extra: &str, env: &[(&str, &str)]) -> Lab {
+        Lab::setup(backend, sshd_extra, &[], env)
+    }
+
+    /// Like [`Lab::new`], writing `policies` (file name, TOML text) into `DIR/policies/` before
+    /// the gateway starts (files are read in name order, so `00-….toml` wins over the shipped
+    /// examples) and starting the gateway with the extra environment `env`.
+    pub fn with_options(backend: Backend, policies: &[(&str, &str)], env: &[(&str, &str)]) -> Lab {
+        Lab::setup(backend, "", policies, env)
+    }
+
+    fn setup(backend: Backend, sshd_extra: &str, policies: &[(&str, &str)], env: &[(&str, &str)]) -> Lab {
         require_root();
         let install = Install::new(backend);
+        let pdir = install.dir().join("policies");
+        std::fs::create_dir_all(&pdir).expect("policies dir");
+        for (name, text) in policies {
+            std::fs::write(pdir.join(name), text).expect("write policy");
+        }
         let sshd = Sshd::start_extra(true, sshd_extra);
         install.ok_stdin(
             &[
@@ -590,11 +606,17 @@ impl Lab {
 
     /// A new vendor without any grant.
     pub fn vendor_without_grant(&self) -> Vendor {
-        let name = format!("v{}", random_hex(5));
+        self.user_with_role("vendor")
+    }
+
+    /// A new user with `role` (`vendor`, `manager`, …; random name and password, TOTP
+    /// enrolled), in the organisation "Acme Automation"; no grant.
+    pub fn user_with_role(&self, role: &str) -> Vendor {
+        let name = format!("{}{}", &role[..1], random_hex(5));
         let password = format!("Vendor-Pw-{}", random_hex(8));
         self.passwords.lock().unwrap_or_else(|e| e.into_inner()).push(password.clone());
         let out = self.install.ok_stdin(
-            &["user", "add", &name, "--role", "vendor", "--org", "Acme Automation", "--password-stdin"],
+            &["user", "add", &name, "--role", role, "--org", "Acme Automation", "--password-stdin"],
             format!("{password}\n").as_bytes(),
         );
         let uri = out.lines().find(|l| l.starts_with("otpauth://")).unwrap_or_else(|| panic!("no URI in:\n{out}"));
