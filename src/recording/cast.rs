@@ -46,6 +46,30 @@ pub struct Utf8Carry {
     pending: Vec<u8>,
 }
 
+/// Length of `buf` without an unfinished UTF-8 sequence at its end (at most 3 bytes held back).
+fn complete_len(buf: &[u8]) -> usize {
+    for back in 1..=3.min(buf.len()) {
+        let b = buf[buf.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // continuation byte: keep looking for the lead byte
+        }
+        let need = if b >= 0xF0 {
+            4
+        } else if b >= 0xE0 {
+            3
+        } else if b >= 0xC0 {
+            2
+        } else {
+            1
+        };
+        if need > back {
+            return buf.len() - back;
+        }
+        break;
+    }
+    buf.len()
+}
+
 impl Utf8Carry {
     /// Text of `chunk` plus what was held back; invalid bytes become U+FFFD.
     pub fn decode(&mut self, chunk: &[u8]) -> String {
@@ -56,29 +80,23 @@ impl Utf8Carry {
             v.extend_from_slice(chunk);
             std::borrow::Cow::Owned(v)
         };
-        // Hold back at most 3 bytes of an unfinished sequence at the end.
-        let mut cut = buf.len();
-        for back in 1..=3.min(buf.len()) {
-            let b = buf[buf.len() - back];
-            if b & 0xC0 == 0x80 {
-                continue; // continuation byte: keep looking for the lead byte
-            }
-            let need = if b >= 0xF0 {
-                4
-            } else if b >= 0xE0 {
-                3
-            } else if b >= 0xC0 {
-                2
-            } else {
-                1
-            };
-            if need > back {
-                cut = buf.len() - back;
-            }
-            break;
-        }
+        let cut = complete_len(&buf);
         self.pending.extend_from_slice(&buf[cut..]);
         String::from_utf8_lossy(&buf[..cut]).into_owned()
+    }
+
+    /// Like [`Utf8Carry::decode`], handing the text to `f`; when nothing is held back and the
+    /// chunk is valid UTF-8 (the usual case) the text is borrowed from `chunk`, not copied.
+    pub fn decode_with<R>(&mut self, chunk: &[u8], f: impl FnOnce(&str) -> R) -> R {
+        if self.pending.is_empty() {
+            let cut = complete_len(chunk);
+            if let Ok(text) = std::str::from_utf8(&chunk[..cut]) {
+                self.pending.extend_from_slice(&chunk[cut..]);
+                return f(text);
+            }
+        }
+        let text = self.decode(chunk);
+        f(&text)
     }
 
     /// Whatever is still held back, as text.
@@ -90,15 +108,81 @@ impl Utf8Carry {
 
 /// One event line (without newline).
 pub fn event_line(time: f64, code: &str, data: &str) -> String {
-    let mut s = String::with_capacity(data.len() + 24);
-    s.push('[');
-    s.push_str(&format!("{time:.6}"));
-    s.push_str(",\"");
-    s.push_str(code);
-    s.push_str("\",");
-    s.push_str(&serde_json::to_string(data).unwrap_or_else(|_| "\"\"".into()));
-    s.push(']');
-    s
+    let mut v = Vec::with_capacity(data.len() + 32);
+    push_event(&mut v, time, code, data);
+    v.pop(); // the newline
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Appends one event line and its newline to `out`: `[time,"code","data"]`, with the data
+/// escaped exactly as `serde_json` does, without intermediate strings.
+pub fn push_event(out: &mut Vec<u8>, time: f64, code: &str, data: &str) {
+    use std::io::Write;
+    out.reserve(data.len() + data.len() / 16 + 32);
+    out.push(b'[');
+    let _ = write!(out, "{time:.6}");
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(code.as_bytes());
+    out.extend_from_slice(b"\",");
+    push_json_str(out, data);
+    out.extend_from_slice(b"]\n");
+}
+
+/// Whether any byte of `w` is below 0x20, `"` or `\\` (the bytes JSON strings escape).
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    below_space | has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64)) != 0
+}
+
+/// Appends `s` as a JSON string literal (quotes included), escaping like `serde_json`.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip eight plain bytes at a time.
+        while i + 8 <= bytes.len() {
+            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+            if word_needs_escape(w) {
+                break;
+            }
+            i += 8;
+        }
+        if i >= bytes.len() {
+            break;
+        }
+        let b = bytes[i];
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -116,6 +200,53 @@ mod tests {
             out.push_str(&c.finish());
             assert_eq!(out, text, "split at {split}");
         }
+    }
+
+    #[test]
+    fn escaping_matches_serde_json() {
+        let mut samples: Vec<String> = vec![
+            String::new(),
+            "plain ascii text that is longer than eight bytes".into(),
+            "\"quoted\" \\ back\\slash \u{7f} del".into(),
+            "Ölpumpe läuft ✓ 🏭 \u{2028}\u{2029}".into(),
+        ];
+        samples.push((0u8..=0x7f).map(char::from).collect());
+        for n in 0..40 {
+            // Escapes at every position relative to the 8-byte words.
+            let mut s = "x".repeat(n);
+            s.push('\n');
+            s.push_str(&"y".repeat(17));
+            s.push('\u{1}');
+            samples.push(s);
+        }
+        for s in &samples {
+            let mut out = Vec::new();
+            push_json_str(&mut out, s);
+            assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+            let line = event_line(1.25, "o", s);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v[2].as_str().unwrap(), s);
+            assert!(line.starts_with("[1.250000,\"o\","));
+        }
+    }
+
+    #[test]
+    fn decode_with_matches_decode() {
+        let inputs: Vec<&[u8]> = vec![
+            "Ölpumpe läuft ✓ 🏭".as_bytes(),
+            b"\xff\xfe plain \xe2\x9c",
+            b"\x93 rest",
+            b"ascii only",
+            &[0xf0, 0x9f],
+            &[0x8f, 0xad, b'!'],
+        ];
+        let (mut a, mut b) = (Utf8Carry::default(), Utf8Carry::default());
+        for chunk in inputs {
+            let x = a.decode(chunk);
+            let y = b.decode_with(chunk, |t| t.to_string());
+            assert_eq!(x, y);
+        }
+        assert_eq!(a.finish(), b.finish());
     }
 
     #[test]

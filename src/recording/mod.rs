@@ -17,11 +17,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
-use cast::{event_line, header_line, HeaderInfo, Utf8Carry};
+use cast::{header_line, push_event, HeaderInfo, Utf8Carry};
 use transfers::{ScpTracker, SftpTracker, Transfer};
 
-/// Events queued per recording before the relay waits.
-const QUEUE: usize = 256;
+/// Batches of events queued per recording before the relay waits.
+const QUEUE: usize = 4;
+/// The relay hands events over in batches of about this many bytes, so the writer task is woken
+/// once per batch rather than once per SSH packet...
+const HANDOFF: usize = 128 * 1024;
+/// ...or once the oldest event has waited this long (the file was only ever flushed every second).
+const HOLD: Duration = Duration::from_millis(500);
+/// Encoded lines are hashed and handed to the file in batches of about this size.
+const BATCH: usize = 256 * 1024;
 
 /// What the channel carries.
 #[derive(Debug)]
@@ -59,16 +66,30 @@ enum Ev {
     Resize(f64, u32, u32),
 }
 
+/// Events taken from the relay and not yet handed to the writer.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Ev>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
 /// Handle the relay uses.
-#[derive(Debug)]
 pub struct Recorder {
-    tx: Option<mpsc::Sender<Ev>>,
+    tx: Option<mpsc::Sender<Vec<Ev>>>,
+    pending: std::sync::Mutex<Pending>,
     failed: watch::Receiver<Option<String>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
     start: Instant,
     record_input: bool,
     /// Path of the file.
     pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder").field("path", &self.path).field("recording", &self.tx.is_some()).finish()
+    }
 }
 
 /// Checks there is room for recordings; refuses when the disk is (nearly) full.
@@ -105,7 +126,7 @@ impl Recorder {
             .open(&path)
             .await
             .with_context(|| format!("cannot create recording {}", path.display()))?;
-        let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut out = file;
         let command = match spec.kind {
             ChannelKind::Shell => None,
             ChannelKind::Exec(c) => Some(c.clone()),
@@ -124,6 +145,7 @@ impl Recorder {
         hasher.update(line.as_bytes());
         out.write_all(line.as_bytes()).await.with_context(|| format!("cannot write recording {}", path.display()))?;
         out.flush().await.with_context(|| format!("cannot write recording {}", path.display()))?;
+        let out = out.into_std().await;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (fail_tx, failed) = watch::channel(None);
         let tracker = match spec.kind {
@@ -134,7 +156,8 @@ impl Recorder {
             _ => Tracker::None,
         };
         let writer = Writer {
-            out,
+            buf: Vec::new(),
+            sink: Sink { file: Some(out), writing: None, spare: Vec::new() },
             hasher,
             tracker,
             app: app.clone(),
@@ -146,6 +169,7 @@ impl Recorder {
         let task = tokio::spawn(writer.run(rx, fail_tx));
         Ok(Recorder {
             tx: Some(tx),
+            pending: Default::default(),
             failed,
             task: Some(task),
             start: Instant::now(),
@@ -159,6 +183,7 @@ impl Recorder {
         let (_fail_tx, failed) = watch::channel(None);
         Ok(Recorder {
             tx: None,
+            pending: Default::default(),
             failed,
             task: Some(tokio::spawn(async { Ok(String::new()) })),
             start: Instant::now(),
@@ -171,26 +196,62 @@ impl Recorder {
         self.start.elapsed().as_secs_f64()
     }
 
-    async fn send(&self, ev: Ev) {
+    /// Queues `ev`; hands the batch to the writer once it is big enough.
+    async fn send(&self, ev: Ev, bytes: usize) {
+        if self.tx.is_none() {
+            return;
+        }
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let since = *p.since.get_or_insert_with(Instant::now);
+            p.events.push(ev);
+            p.bytes += bytes;
+            (p.bytes >= HANDOFF || since.elapsed() >= HOLD).then(|| std::mem::take(&mut *p))
+        };
+        if let Some(batch) = full {
+            self.hand_over(batch.events).await;
+        }
+    }
+
+    async fn hand_over(&self, events: Vec<Ev>) {
         if let Some(tx) = &self.tx {
             // A closed queue means the writer failed; `failed()` reports it.
-            let _ = tx.send(ev).await;
+            let _ = tx.send(events).await;
         }
+    }
+
+    /// Whether events are waiting to be handed to the writer.
+    pub fn has_pending(&self) -> bool {
+        self.tx.is_some() && self.pending.lock().map(|p| !p.events.is_empty()).unwrap_or(true)
+    }
+
+    /// Hands whatever is queued to the writer. The relay calls this once its channel has been
+    /// quiet for a moment, so an interactive session's events reach the file promptly.
+    pub async fn flush(&self) {
+        let batch = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.events.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *p)
+        };
+        self.hand_over(batch.events).await;
     }
 
     /// Output from the target.
     pub async fn output(&self, data: &Bytes) {
-        self.send(Ev::Out(self.elapsed(), data.clone())).await;
+        self.send(Ev::Out(self.elapsed(), data.clone()), data.len()).await;
     }
 
     /// Input from the vendor.
     pub async fn input(&self, data: &Bytes) {
-        self.send(Ev::In(self.elapsed(), data.clone())).await;
+        self.send(Ev::In(self.elapsed(), data.clone()), data.len()).await;
     }
 
     /// Terminal resize.
     pub async fn resize(&self, cols: u32, rows: u32) {
-        self.send(Ev::Resize(self.elapsed(), cols, rows)).await;
+        self.send(Ev::Resize(self.elapsed(), cols, rows), 0).await;
+        self.flush().await;
     }
 
     /// Whether `i` events are kept for this channel (transfer parsing still sees the bytes).
@@ -205,6 +266,7 @@ impl Recorder {
 
     /// Flushes, fsyncs and closes; returns the file's SHA-256.
     pub async fn finish(mut self) -> anyhow::Result<String> {
+        self.flush().await;
         drop(self.tx.take());
         match self.task.take() {
             Some(t) => t.await.context("recording task panicked")?,
@@ -219,8 +281,64 @@ enum Tracker {
     Scp(Box<ScpTracker>),
 }
 
+/// Writes batches to the file on the blocking pool, one batch in flight while the next is
+/// encoded; the buffers are swapped, never copied.
+struct Sink {
+    file: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>>,
+    spare: Vec<u8>,
+}
+
+impl Sink {
+    /// Waits for the batch in flight; its error, if any, is returned here.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        if let Some(w) = self.writing.take() {
+            let (file, mut done, res) = w.await.map_err(std::io::Error::other)?;
+            self.file = Some(file);
+            done.clear();
+            self.spare = done;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Hands `batch` over (leaving an empty buffer in its place).
+    async fn write(&mut self, batch: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write;
+        self.settle().await?;
+        let mut file = self.file.take().ok_or_else(|| std::io::Error::other("recording file lost"))?;
+        let data = std::mem::replace(batch, std::mem::take(&mut self.spare));
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let res = file.write_all(&data);
+            (file, data, res)
+        }));
+        Ok(())
+    }
+
+    /// Waits for everything written and fsyncs.
+    async fn sync(&mut self) -> std::io::Result<()> {
+        self.settle().await?;
+        let file = self.file.take().ok_or_else(|| std::io::Error::other("recording file lost"))?;
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let res = file.sync_all();
+            (file, res)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        res
+    }
+
+    /// Gives back the memory of an idle recording.
+    fn trim(&mut self) {
+        self.spare = Vec::new();
+    }
+}
+
 struct Writer {
-    out: tokio::io::BufWriter<tokio::fs::File>,
+    /// Encoded lines not yet hashed and written.
+    buf: Vec<u8>,
+    sink: Sink,
     hasher: Sha256,
     tracker: Tracker,
     app: App,
@@ -231,11 +349,36 @@ struct Writer {
 }
 
 impl Writer {
-    async fn line(&mut self, line: String) -> std::io::Result<()> {
-        self.hasher.update(line.as_bytes());
-        self.hasher.update(b"\n");
-        self.out.write_all(line.as_bytes()).await?;
-        self.out.write_all(b"\n").await
+    /// Hashes and writes what is buffered.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(&self.buf);
+        self.sink.write(&mut self.buf).await
+    }
+
+    async fn line(&mut self, t: f64, code: &str, text: &str) -> std::io::Result<()> {
+        push_event(&mut self.buf, t, code, text);
+        if self.buf.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes a chunk of terminal text as an event (no copy of valid UTF-8).
+    async fn text(&mut self, t: f64, code: &str, data: &[u8], input: bool) -> std::io::Result<()> {
+        let (carry, buf) =
+            if input { (&mut self.in_carry, &mut self.buf) } else { (&mut self.out_carry, &mut self.buf) };
+        carry.decode_with(data, |text| {
+            if !text.is_empty() {
+                push_event(buf, t, code, text);
+            }
+        });
+        if self.buf.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, ev: Ev) -> std::io::Result<()> {
@@ -244,25 +387,15 @@ impl Writer {
                 Tracker::Sftp(s) => s.server_bytes(&data),
                 Tracker::Scp(s) if !s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => {
-                    let text = self.out_carry.decode(&data);
-                    if !text.is_empty() {
-                        self.line(event_line(t, "o", &text)).await?;
-                    }
-                }
+                Tracker::None => self.text(t, "o", &data, false).await?,
             },
             Ev::In(t, data) => match &mut self.tracker {
                 Tracker::Sftp(s) => s.client_bytes(&data),
                 Tracker::Scp(s) if s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => {
-                    let text = self.in_carry.decode(&data);
-                    if !text.is_empty() {
-                        self.line(event_line(t, "i", &text)).await?;
-                    }
-                }
+                Tracker::None => self.text(t, "i", &data, true).await?,
             },
-            Ev::Resize(t, c, r) => self.line(event_line(t, "r", &format!("{c}x{r}"))).await?,
+            Ev::Resize(t, c, r) => self.line(t, "r", &format!("{c}x{r}")).await?,
         }
         let done = match &mut self.tracker {
             Tracker::Sftp(s) => s.take_done(),
@@ -278,7 +411,7 @@ impl Writer {
     async fn transfer(&mut self, t: Transfer) -> std::io::Result<()> {
         let note = format!("[penstock] {} {} ({} bytes, sha256 {})\r\n", t.direction, t.path, t.size, t.sha256);
         let at = self.started.elapsed().as_secs_f64();
-        self.line(event_line(at, "o", &note)).await?;
+        self.line(at, "o", &note).await?;
         if let Err(e) = crate::sessions::add_transfer(
             &self.app,
             "system",
@@ -295,26 +428,43 @@ impl Writer {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Ev>, fail: watch::Sender<Option<String>>) -> anyhow::Result<String> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Ev>>,
+        fail: watch::Sender<Option<String>>,
+    ) -> anyhow::Result<String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let res: std::io::Result<()> = async {
+            let mut busy = false;
             loop {
                 tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Some(ev) => self.handle(ev).await?,
-                        None => break,
-                    },
-                    _ = tick.tick() => self.out.flush().await?,
+                    batch = rx.recv() => {
+                        let Some(batch) = batch else { break };
+                        for ev in batch {
+                            self.handle(ev).await?;
+                        }
+                        busy = true;
+                    }
+                    _ = tick.tick() => {
+                        self.flush().await?;
+                        self.sink.settle().await?;
+                        if !busy {
+                            // Idle: give back the batch buffers until output comes again.
+                            self.buf = Vec::new();
+                            self.sink.trim();
+                        }
+                        busy = false;
+                    }
                 }
             }
             let rest = self.out_carry.finish();
             if !rest.is_empty() {
                 let t = self.started.elapsed().as_secs_f64();
-                self.line(event_line(t, "o", &rest)).await?;
+                self.line(t, "o", &rest).await?;
             }
-            self.out.flush().await?;
-            self.out.get_ref().sync_all().await
+            self.flush().await?;
+            self.sink.sync().await
         }
         .await;
         match res {

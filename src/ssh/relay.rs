@@ -109,7 +109,12 @@ impl Relay {
                 drop(queue_tx);
             };
             let write_target = async {
-                while let Some(msg) = queue_rx.recv().await {
+                loop {
+                    let next = match quiet(queue_rx.recv(), rec).await {
+                        Some(m) => m,
+                        None => queue_rx.recv().await,
+                    };
+                    let Some(msg) = next else { break };
                     match msg {
                         ChannelMsg::Data { data } => {
                             let n = data.len();
@@ -159,7 +164,12 @@ impl Relay {
             };
 
             let target_to_vendor = async {
-                while let Some(msg) = up_rd.wait().await {
+                loop {
+                    let next = match quiet(up_rd.wait(), rec).await {
+                        Some(m) => m,
+                        None => up_rd.wait().await,
+                    };
+                    let Some(msg) = next else { break };
                     match msg {
                         ChannelMsg::Data { data } => {
                             bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -236,6 +246,24 @@ impl Relay {
         let (bytes_up, bytes_down) = (bytes_up.load(Ordering::Relaxed), bytes_down.load(Ordering::Relaxed));
         drop((up_wr, down_wr));
         Outcome { reason, bytes_up, bytes_down, recorder }
+    }
+}
+
+/// How long a channel must be quiet before the recorder gets the events it holds.
+const QUIET: Duration = Duration::from_millis(20);
+
+/// Waits for `next` (a cancel-safe receive). While the recorder holds events, waits at most
+/// [`QUIET`]: then hands them to the recorder's writer and returns `None` (receive again).
+async fn quiet<T>(next: impl std::future::Future<Output = T>, rec: &Recorder) -> Option<T> {
+    if !rec.has_pending() {
+        return Some(next.await);
+    }
+    match tokio::time::timeout(QUIET, next).await {
+        Ok(m) => Some(m),
+        Err(_) => {
+            rec.flush().await;
+            None
+        }
     }
 }
 
