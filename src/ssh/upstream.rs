@@ -14,10 +14,12 @@ use crate::config::UpstreamConfig;
 use crate::secret::Secret;
 use crate::targets::{self, CredentialKind, Target};
 
-/// The client config used towards targets: large windows and packets for bulk transfers.
+/// The client config used towards targets. The window is OpenSSH's own 2 MiB: targets sit on the
+/// plant network, and with 16 MiB sshd's channel buffer grows to the window, which cost the
+/// target about 0.3 s more CPU per GiB downloaded in the benchmark for no speed-up.
 pub fn client_config() -> client::Config {
     client::Config {
-        window_size: 16 * 1024 * 1024,
+        window_size: 2 * 1024 * 1024,
         maximum_packet_size: 65535,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
