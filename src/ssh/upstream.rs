@@ -54,7 +54,9 @@ pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig) -> anyh
     .with_context(|| format!("connecting to {host}:{port} timed out"))?
     .with_context(|| format!("cannot connect to {host}:{port}"))?;
     let slot = Arc::new(std::sync::Mutex::new(None));
-    let config = Arc::new(client::Config::default());
+    // The same algorithms as sessions: russh's defaults lack AES-128-GCM, so a target that only
+    // allows it could not be added with --fetch-host-key.
+    let config = Arc::new(client_config());
     let _ = tokio::time::timeout(
         Duration::from_secs(cfg.handshake_timeout_secs),
         client::connect_stream(config, tcp, Capture(slot.clone())),
