@@ -52,6 +52,9 @@ fn start_gateway(i: &Install, extra_env: &[(&str, &str)]) -> Gateway {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The readiness probes above were connections from 127.0.0.1 too; let the gateway notice
+    // they closed so they do not count against the per-source login limit.
+    std::thread::sleep(Duration::from_millis(500));
     Gateway { child, port }
 }
 
