@@ -451,8 +451,7 @@ fn hook_server() -> (u16, Arc<Mutex<Vec<String>>>) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut data = Vec::new();
             let mut buf = [0u8; 4096];
-            loop {
-                let Ok(n) = s.read(&mut buf) else { break };
+            while let Ok(n) = s.read(&mut buf) {
                 if n == 0 {
                     break;
                 }

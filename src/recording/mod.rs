@@ -283,9 +283,12 @@ enum Tracker {
 
 /// Writes batches to the file on the blocking pool, one batch in flight while the next is
 /// encoded; the buffers are swapped, never copied.
+/// What a background write hands back: the file, the emptied buffer and the result.
+type WriteDone = (std::fs::File, Vec<u8>, std::io::Result<()>);
+
 struct Sink {
     file: Option<std::fs::File>,
-    writing: Option<tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>>,
+    writing: Option<tokio::task::JoinHandle<WriteDone>>,
     spare: Vec<u8>,
 }
 
