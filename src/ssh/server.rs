@@ -152,11 +152,6 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-/// Channel window granted to vendors: OpenSSH's own 2 MiB. With 16 MiB the vendor's ssh burnt
-/// 0.6 s more CPU per GiB uploaded (its channel buffer grows to the window) and uploads were 20%
-/// slower in the benchmark; 2 MiB also bounds what a connection can have in flight towards a
-/// slow target to this plus the handler's backlog limit.
-pub const VENDOR_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// The russh server config: host key, large windows and packets, no idle cut-off (policy does
 /// that), keepalives to find dead clients.
@@ -170,7 +165,9 @@ pub fn server_config(app: &App) -> anyhow::Result<russh::server::Config> {
         auth_rejection_time: Duration::from_millis(0),
         auth_rejection_time_initial: Some(Duration::from_millis(0)),
         max_auth_attempts: 6,
-        window_size: VENDOR_WINDOW,
+        // `[ssh] window_kib` (8 MiB by default). The window also bounds what a connection can
+        // have in flight towards a slow target, together with the handler's backlog limit.
+        window_size: app.config.ssh.window_bytes(),
         maximum_packet_size: 65535,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),

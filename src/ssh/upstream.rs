@@ -14,12 +14,11 @@ use crate::config::UpstreamConfig;
 use crate::secret::Secret;
 use crate::targets::{self, CredentialKind, Target};
 
-/// The client config used towards targets. The window is OpenSSH's own 2 MiB: targets sit on the
-/// plant network, and with 16 MiB sshd's channel buffer grows to the window, which cost the
-/// target about 0.3 s more CPU per GiB downloaded in the benchmark for no speed-up.
-pub fn client_config() -> client::Config {
+/// The client config used towards targets, with the `[ssh] window_kib` window (see
+/// docs/PERFORMANCE.md for what larger and smaller windows cost).
+pub fn client_config(window: u32) -> client::Config {
     client::Config {
-        window_size: 2 * 1024 * 1024,
+        window_size: window,
         maximum_packet_size: 65535,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
@@ -56,7 +55,7 @@ pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig) -> anyh
     let slot = Arc::new(std::sync::Mutex::new(None));
     // The same algorithms as sessions: russh's defaults lack AES-128-GCM, so a target that only
     // allows it could not be added with --fetch-host-key.
-    let config = Arc::new(client_config());
+    let config = Arc::new(client_config(crate::config::SshConfig::default().window_bytes()));
     let _ = tokio::time::timeout(
         Duration::from_secs(cfg.handshake_timeout_secs),
         client::connect_stream(config, tcp, Capture(slot.clone())),
@@ -132,7 +131,7 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
     let handler = Pinned { pinned, mismatch: mismatch.clone() };
     let handshake = Duration::from_secs(cfg.handshake_timeout_secs);
     let connected =
-        tokio::time::timeout(handshake, client::connect_stream(Arc::new(client_config()), tcp, handler)).await;
+        tokio::time::timeout(handshake, client::connect_stream(Arc::new(client_config(app.config.ssh.window_bytes())), tcp, handler)).await;
     let presented = mismatch.lock().ok().and_then(|g| g.clone());
     let mut conn = match (connected, presented) {
         (_, Some(presented)) => {
