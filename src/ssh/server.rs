@@ -152,7 +152,6 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-
 /// The russh server config: host key, large windows and packets, no idle cut-off (policy does
 /// that), keepalives to find dead clients.
 pub fn server_config(app: &App) -> anyhow::Result<russh::server::Config> {

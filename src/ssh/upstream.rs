@@ -130,8 +130,11 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
     let mismatch = Arc::new(std::sync::Mutex::new(None));
     let handler = Pinned { pinned, mismatch: mismatch.clone() };
     let handshake = Duration::from_secs(cfg.handshake_timeout_secs);
-    let connected =
-        tokio::time::timeout(handshake, client::connect_stream(Arc::new(client_config(app.config.ssh.window_bytes())), tcp, handler)).await;
+    let connected = tokio::time::timeout(
+        handshake,
+        client::connect_stream(Arc::new(client_config(app.config.ssh.window_bytes())), tcp, handler),
+    )
+    .await;
     let presented = mismatch.lock().ok().and_then(|g| g.clone());
     let mut conn = match (connected, presented) {
         (_, Some(presented)) => {
