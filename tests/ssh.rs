@@ -314,6 +314,32 @@ fn fifty_mib_each_way_is_byte_exact() {
     lab.finish();
 }
 
+/// A target that answers every chunk of input with four times as much output, while the vendor
+/// pushes 16 MiB at once: the target spends its time blocked on output, so the gateway's backlog
+/// towards it stays high and the vendor's window is held back in tiny grants. The stream must
+/// still finish (no deadlock between the vendor's and the target's SSH connections, however many
+/// tiny packets the vendor sends meanwhile) with every byte accounted for.
+#[test]
+fn amplifying_target_does_not_deadlock_a_bulk_stream() {
+    const N: usize = 16 * 1024 * 1024;
+    let lab = Lab::new(Backend::Sqlite);
+    let scratch = lab.install.scratch();
+    let input = scratch.join("amp.in");
+    random_file(&input, N);
+    let amplify = "python3 -c 'import sys,time\n\
+        i,o=sys.stdin.buffer,sys.stdout.buffer\n\
+        while True:\n b=i.read1(65536)\n if not b: break\n o.write(b*4); o.flush(); time.sleep(0.004)'";
+    let v = lab.vendor();
+    let output = scratch.join("amp.out");
+    let out = run_files(lab.ssh(&v, &[]).arg(amplify), &input, &output, Duration::from_secs(180));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&output).map(|m| m.len()).ok(), Some(4 * N as u64));
+    let (s, _) = ended(&lab, &v.name, "closed");
+    assert_eq!(s["bytes_up"].as_u64(), Some(N as u64), "{s}");
+    assert_eq!(s["bytes_down"].as_u64(), Some(4 * N as u64), "{s}");
+    lab.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. scp and sftp
 

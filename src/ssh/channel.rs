@@ -4,7 +4,6 @@
 //! books. Runs as its own task so the connection's SSH loop never waits on any of it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use russh::{server, Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, Ch
 use tokio::sync::Mutex;
 
 use super::commands;
+use super::inbox::Backlog;
 use super::relay::Relay;
 use super::server::Shared;
 use super::upstream::{self, Connection};
@@ -64,7 +64,7 @@ pub struct ChannelTask {
     /// The connection's upstream.
     pub upstream: UpstreamSlot,
     /// The connection's backlog towards targets.
-    pub backlog: Arc<AtomicUsize>,
+    pub backlog: Arc<Backlog>,
 }
 
 type Wr = ChannelWriteHalf<server::Msg>;
@@ -536,7 +536,7 @@ pub struct Forward {
     /// The connection's upstream.
     pub upstream: UpstreamSlot,
     /// The connection's backlog towards targets.
-    pub backlog: Arc<AtomicUsize>,
+    pub backlog: Arc<Backlog>,
 }
 
 impl Forward {

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, Response, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 
 use super::channel::{ChannelTask, Forward, PtyReq, UpstreamSlot};
+use super::inbox::Backlog;
 use super::login::{self, Login};
 use super::server::{LoginSlot, Shared};
 use crate::audit::{self, Event};
@@ -89,14 +90,12 @@ pub struct Conn {
     login: Option<Login>,
     upstream: UpstreamSlot,
     channels: HashMap<ChannelId, ChanState>,
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
 }
-
-/// Above this many bytes waiting for targets, the connection's vendor gets no more window.
-pub const BACKLOG_HIGH: usize = 4 * 1024 * 1024;
 
 impl Conn {
     fn new(shared: Arc<Shared>, peer: SocketAddr, permit: LoginSlot, authed: Arc<AtomicBool>) -> Self {
+        let backlog = Arc::new(Backlog::new(shared.config.window_size));
         Conn {
             shared,
             peer,
@@ -108,7 +107,7 @@ impl Conn {
             login: None,
             upstream: Arc::new(tokio::sync::Mutex::new(None)),
             channels: HashMap::new(),
-            backlog: Arc::new(AtomicUsize::new(0)),
+            backlog,
         }
     }
 
@@ -175,10 +174,10 @@ impl russh::server::Handler for Conn {
 
     /// russh grants the vendor more window as soon as data arrives, not when it is consumed.
     /// While the connection's backlog towards targets is high, the next grants shrink to a
-    /// trickle (2 bytes), so a fast vendor and a slow target cannot grow memory; once the
-    /// backlog drains the full window returns.
+    /// trickle (2 bytes, coalesced by the relay's inbox), so a fast vendor and a slow target
+    /// cannot grow memory; once the backlog drains the full window returns.
     fn adjust_window(&mut self, _channel: ChannelId, _current: u32) -> u32 {
-        if self.backlog.load(Ordering::Relaxed) > BACKLOG_HIGH {
+        if self.backlog.is_high() {
             2
         } else {
             self.shared.config.window_size

@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod commands;
 pub mod handler;
+pub mod inbox;
 pub mod login;
 pub mod relay;
 pub mod server;

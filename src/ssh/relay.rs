@@ -2,7 +2,7 @@
 //! backpressure (every write waits for the peer's window) and the recorder fed by reference.
 //! Notices (grant ending soon) go to the vendor's stderr, never into the recording.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +10,9 @@ use bytes::Bytes;
 use russh::{client, server, Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{mpsc, watch};
 
+use super::inbox::{Backlog, Inbox};
 use crate::recording::Recorder;
 use crate::sessions::EndReason;
-
-/// Messages from the vendor queued per channel before its reader waits.
-const VENDOR_QUEUE: usize = 4096;
 
 /// One relayed channel.
 pub struct Relay {
@@ -32,9 +30,8 @@ pub struct Relay {
     pub notices: mpsc::Receiver<String>,
     /// Whether the vendor's bytes go to the recorder (PTY keystrokes, sftp/scp uploads).
     pub wants_input: bool,
-    /// Bytes read from the vendor and not yet accepted by the target, for the whole
-    /// connection.
-    pub backlog: Arc<AtomicUsize>,
+    /// Bytes read from the vendor and not yet accepted by targets, for the whole connection.
+    pub backlog: Arc<Backlog>,
     /// End the session after this long without data either way.
     pub idle_timeout: Option<Duration>,
 }
@@ -91,49 +88,42 @@ impl Relay {
         let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let rec = &recorder;
         let reason = {
-            // The vendor's side is read eagerly into a queue: russh's session loop also sends
-            // the target's output, so it must never wait on a slow target (that would deadlock
-            // a bidirectional stream). Memory stays bounded because the handler stops granting
-            // the vendor window while `backlog` is high (see `Conn::adjust_window`).
-            let (queue_tx, mut queue_rx) = mpsc::channel::<ChannelMsg>(VENDOR_QUEUE);
+            // The vendor's side is read eagerly (see `super::inbox` for why and how memory stays
+            // bounded); the target's side is back-pressured by the target's window.
+            let inbox = Inbox::new(&backlog);
             let read_vendor = async {
                 while let Some(msg) = down_rd.wait().await {
                     let close = matches!(msg, ChannelMsg::Close);
-                    if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
-                        backlog.fetch_add(data.len(), Ordering::Relaxed);
-                    }
-                    if queue_tx.send(msg).await.is_err() || close {
+                    if !inbox.push(msg).await || close {
                         break;
                     }
                 }
-                drop(queue_tx);
+                inbox.finish();
             };
             let write_target = async {
                 loop {
-                    let next = match quiet(queue_rx.recv(), rec).await {
+                    let next = match quiet(inbox.pop(), rec).await {
                         Some(m) => m,
-                        None => queue_rx.recv().await,
+                        None => inbox.pop().await,
                     };
                     let Some(msg) = next else { break };
                     match msg {
                         ChannelMsg::Data { data } => {
-                            let n = data.len();
-                            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                            let _held = backlog.hold(data.len());
+                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
                             touch();
                             if wants_input {
                                 rec.input(&data).await;
                             }
                             let sent = up_wr.data_bytes(data).await;
-                            backlog.fetch_sub(n, Ordering::Relaxed);
                             if sent.is_err() {
                                 break;
                             }
                         }
                         ChannelMsg::ExtendedData { data, ext } => {
-                            let n = data.len();
-                            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+                            let _held = backlog.hold(data.len());
+                            bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
                             let sent = up_wr.extended_data_bytes(ext, data).await;
-                            backlog.fetch_sub(n, Ordering::Relaxed);
                             if sent.is_err() {
                                 break;
                             }
@@ -152,12 +142,7 @@ impl Relay {
                         _ => {}
                     }
                 }
-                // Whatever is still queued is dropped with the channel; release its accounting.
-                while let Ok(msg) = queue_rx.try_recv() {
-                    if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
-                        backlog.fetch_sub(data.len(), Ordering::Relaxed);
-                    }
-                }
+                inbox.close();
             };
             let vendor_to_target = async {
                 tokio::join!(read_vendor, write_target);
