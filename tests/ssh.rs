@@ -226,6 +226,8 @@ fn exec_passes_exit_status_and_stderr(b: Backend) {
     assert!(o.contains("out-2") && o.contains("err-4"), "{o}");
     assert!(cast.text("i").is_empty(), "exec input is not recorded: {:?}", cast.events);
     assert_eq!(s["bytes_down"], 12, "{s}");
+    let side = Path::new(s["recording_path"].as_str().unwrap_or_default()).with_extension("out");
+    assert!(!side.exists(), "text output stays in the cast, no side file: {}", side.display());
 
     let w = lab.vendor();
     let out = run(lab.ssh(&w, &[]).args(["whoami;", "exit", "0"]), b"", T);
@@ -308,8 +310,16 @@ fn fifty_mib_each_way_is_byte_exact() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sha256_file(&fetched), hash, "downloaded file differs");
-    let (s, _) = ended(&lab, &down.name, "closed");
+    let (s, cast) = ended(&lab, &down.name, "closed");
     assert_eq!(s["bytes_down"].as_u64(), Some(N as u64), "{s}");
+    // Binary output without a terminal is recorded byte-exact in a side file that the cast
+    // names with its size and hash.
+    let side = Path::new(s["recording_path"].as_str().unwrap_or_default()).with_extension("out");
+    assert_eq!(sha256_file(&side), hash, "side file {} differs from what was sent", side.display());
+    let o = cast.text("o");
+    let name = side.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    assert!(o.contains(&format!("binary output: {N} bytes in {name}, sha256 {hash}")), "{o:.400}");
+    assert!(o.len() < 4096, "binary output stays out of the cast: {} bytes", o.len());
     eprintln!("all three 50 MiB transfers: {:?}", started.elapsed());
     lab.finish();
 }

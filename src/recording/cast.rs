@@ -99,6 +99,16 @@ impl Utf8Carry {
         f(&text)
     }
 
+    /// The bytes held back (an unfinished UTF-8 sequence).
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// Takes the bytes held back.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Whatever is still held back, as text.
     pub fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);

@@ -1,8 +1,15 @@
 //! Session recording: asciicast v2 files under `recordings/YYYY/MM/DD/<session-id>.cast`, written
 //! by a task of their own so the relay only hands over reference-counted chunks through a bounded
 //! queue. Flushed every second, fsynced on close, hashed with SHA-256 as written. Transfers on
-//! sftp/scp channels are parsed here too. A write failure is reported through [`Recorder::failed`]
-//! so the session can be ended (fail closed).
+//! sftp/scp channels are parsed here too. A write failure is reported through
+//! [`Recorder::failure_watch`] so the session can be ended (fail closed).
+//!
+//! Output of a channel without a terminal (`ssh host cat firmware.bin`) is recorded as text
+//! events while it is text. From its first binary chunk (a NUL byte or invalid UTF-8) the
+//! standard output goes byte-exact into a side file `<session-id>.out` instead, and the cast
+//! says so in an event and, at the end, names the side file's size and SHA-256 (so the cast's
+//! hash in the audit chain covers it). Binary data escaped into JSON would be lossy (invalid
+//! UTF-8 becomes U+FFFD) and cost twice its size to write and hash.
 
 pub mod cast;
 pub mod transfers;
@@ -62,6 +69,8 @@ pub struct Spec<'a> {
 
 enum Ev {
     Out(f64, Bytes),
+    /// Standard error of the target (always recorded as text).
+    Err(f64, Bytes),
     In(f64, Bytes),
     Resize(f64, u32, u32),
 }
@@ -155,7 +164,11 @@ impl Recorder {
             }
             _ => Tracker::None,
         };
+        let raw_allowed = !spec.record_input && matches!(tracker, Tracker::None);
         let writer = Writer {
+            raw_allowed,
+            raw: None,
+            cast_path: path.clone(),
             buf: Vec::new(),
             sink: Sink { file: Some(out), writing: None, spare: Vec::new() },
             hasher,
@@ -163,6 +176,7 @@ impl Recorder {
             app: app.clone(),
             session: spec.session_id.to_string(),
             out_carry: Utf8Carry::default(),
+            err_carry: Utf8Carry::default(),
             in_carry: Utf8Carry::default(),
             started: Instant::now(),
         };
@@ -241,6 +255,11 @@ impl Recorder {
     /// Output from the target.
     pub async fn output(&self, data: &Bytes) {
         self.send(Ev::Out(self.elapsed(), data.clone()), data.len()).await;
+    }
+
+    /// Standard error output from the target.
+    pub async fn error_output(&self, data: &Bytes) {
+        self.send(Ev::Err(self.elapsed(), data.clone()), data.len()).await;
     }
 
     /// Input from the vendor.
@@ -338,7 +357,79 @@ impl Sink {
     }
 }
 
+/// The byte-exact side file of a channel's binary standard output.
+struct RawOut {
+    path: PathBuf,
+    sink: Sink,
+    hasher: Sha256,
+    buf: Vec<u8>,
+    bytes: u64,
+}
+
+impl RawOut {
+    async fn open(cast: &Path) -> std::io::Result<RawOut> {
+        let path = cast.with_extension("out");
+        let p = path.clone();
+        let file =
+            tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).create_new(true).open(p))
+                .await
+                .map_err(std::io::Error::other)??;
+        Ok(RawOut {
+            path,
+            sink: Sink { file: Some(file), writing: None, spare: Vec::new() },
+            hasher: Sha256::new(),
+            buf: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    async fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        if self.buf.len() >= BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(&self.buf);
+        self.sink.write(&mut self.buf).await
+    }
+
+    fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// Whether `pending + chunk` is binary: a NUL byte, or invalid UTF-8 before a possibly
+/// unfinished sequence at its end.
+fn is_binary(pending: &[u8], chunk: &[u8]) -> bool {
+    if chunk.contains(&0) {
+        return true;
+    }
+    let check = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(_) => false,
+        Err(e) => e.error_len().is_some(),
+    };
+    if pending.is_empty() {
+        check(chunk)
+    } else {
+        let mut v = pending.to_vec();
+        v.extend_from_slice(chunk);
+        check(&v)
+    }
+}
+
 struct Writer {
+    /// Whether binary standard output may go to a side file (no terminal, no transfer parsing).
+    raw_allowed: bool,
+    /// The side file, once binary output was seen.
+    raw: Option<RawOut>,
+    cast_path: PathBuf,
     /// Encoded lines not yet hashed and written.
     buf: Vec<u8>,
     sink: Sink,
@@ -347,8 +438,17 @@ struct Writer {
     app: App,
     session: String,
     out_carry: Utf8Carry,
+    err_carry: Utf8Carry,
     in_carry: Utf8Carry,
     started: Instant,
+}
+
+/// Which byte stream a text event comes from (each keeps its own unfinished UTF-8 sequence).
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+    In,
 }
 
 impl Writer {
@@ -370,9 +470,12 @@ impl Writer {
     }
 
     /// Encodes a chunk of terminal text as an event (no copy of valid UTF-8).
-    async fn text(&mut self, t: f64, code: &str, data: &[u8], input: bool) -> std::io::Result<()> {
-        let (carry, buf) =
-            if input { (&mut self.in_carry, &mut self.buf) } else { (&mut self.out_carry, &mut self.buf) };
+    async fn text(&mut self, t: f64, code: &str, data: &[u8], stream: Stream) -> std::io::Result<()> {
+        let (carry, buf) = match stream {
+            Stream::Out => (&mut self.out_carry, &mut self.buf),
+            Stream::Err => (&mut self.err_carry, &mut self.buf),
+            Stream::In => (&mut self.in_carry, &mut self.buf),
+        };
         carry.decode_with(data, |text| {
             if !text.is_empty() {
                 push_event(buf, t, code, text);
@@ -384,19 +487,47 @@ impl Writer {
         Ok(())
     }
 
+    /// Standard output of a channel without a terminal: text events, or the side file once
+    /// the output turned out binary.
+    async fn plain_output(&mut self, t: f64, data: &[u8]) -> std::io::Result<()> {
+        if self.raw.is_none() && self.raw_allowed && is_binary(self.out_carry.pending(), data) {
+            let mut raw = RawOut::open(&self.cast_path).await?;
+            let note = format!("[penstock] binary output follows, recorded byte-exact in {}\r\n", raw.name());
+            self.line(t, "o", &note).await?;
+            raw.push(&self.out_carry.take_pending()).await?;
+            self.raw = Some(raw);
+        }
+        match &mut self.raw {
+            Some(raw) => raw.push(data).await,
+            None => self.text(t, "o", data, Stream::Out).await,
+        }
+    }
+
+    /// Closes the side file (if any) and names its size and hash in the cast.
+    async fn finish_raw(&mut self) -> std::io::Result<()> {
+        let Some(mut raw) = self.raw.take() else { return Ok(()) };
+        raw.flush().await?;
+        raw.sink.sync().await?;
+        let sha = hex::encode(std::mem::take(&mut raw.hasher).finalize());
+        let note = format!("[penstock] binary output: {} bytes in {}, sha256 {sha}\r\n", raw.bytes, raw.name());
+        let t = self.started.elapsed().as_secs_f64();
+        self.line(t, "o", &note).await
+    }
+
     async fn handle(&mut self, ev: Ev) -> std::io::Result<()> {
         match ev {
             Ev::Out(t, data) => match &mut self.tracker {
                 Tracker::Sftp(s) => s.server_bytes(&data),
                 Tracker::Scp(s) if !s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => self.text(t, "o", &data, false).await?,
+                Tracker::None => self.plain_output(t, &data).await?,
             },
+            Ev::Err(t, data) => self.text(t, "o", &data, Stream::Err).await?,
             Ev::In(t, data) => match &mut self.tracker {
                 Tracker::Sftp(s) => s.client_bytes(&data),
                 Tracker::Scp(s) if s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => self.text(t, "i", &data, true).await?,
+                Tracker::None => self.text(t, "i", &data, Stream::In).await?,
             },
             Ev::Resize(t, c, r) => self.line(t, "r", &format!("{c}x{r}")).await?,
         }
@@ -452,6 +583,10 @@ impl Writer {
                     _ = tick.tick() => {
                         self.flush().await?;
                         self.sink.settle().await?;
+                        if let Some(raw) = &mut self.raw {
+                            raw.flush().await?;
+                            raw.sink.settle().await?;
+                        }
                         if !busy {
                             // Idle: give back the batch buffers until output comes again.
                             self.buf = Vec::new();
@@ -461,11 +596,13 @@ impl Writer {
                     }
                 }
             }
-            let rest = self.out_carry.finish();
-            if !rest.is_empty() {
-                let t = self.started.elapsed().as_secs_f64();
-                self.line(t, "o", &rest).await?;
+            for rest in [self.out_carry.finish(), self.err_carry.finish()] {
+                if !rest.is_empty() {
+                    let t = self.started.elapsed().as_secs_f64();
+                    self.line(t, "o", &rest).await?;
+                }
             }
+            self.finish_raw().await?;
             self.flush().await?;
             self.sink.sync().await
         }
@@ -479,5 +616,23 @@ impl Writer {
                 bail!(msg)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_binary;
+
+    #[test]
+    fn binary_means_nul_or_invalid_utf8_not_a_split_sequence() {
+        assert!(!is_binary(b"", "héllo wörld\n".as_bytes()));
+        assert!(is_binary(b"", b"ab\0cd"));
+        assert!(is_binary(b"", &[b'a', 0xff, b'b']));
+        // An unfinished sequence at the end is text so far...
+        assert!(!is_binary(b"", &[b'a', 0xc3]));
+        // ...completed by the next chunk...
+        assert!(!is_binary(&[0xc3], &[0xa9, b'x']));
+        // ...or broken by it.
+        assert!(is_binary(&[0xc3], b"x"));
     }
 }

@@ -167,7 +167,7 @@ impl Relay {
                         ChannelMsg::ExtendedData { data, ext } => {
                             bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
                             touch();
-                            rec.output(&data).await;
+                            rec.error_output(&data).await;
                             if down_wr.extended_data_bytes(ext, data).await.is_err() {
                                 break;
                             }
