@@ -229,6 +229,20 @@ fn exec_passes_exit_status_and_stderr(b: Backend) {
     let side = Path::new(s["recording_path"].as_str().unwrap_or_default()).with_extension("out");
     assert!(!side.exists(), "text output stays in the cast, no side file: {}", side.display());
 
+    // Output that is valid UTF-8 but all control bytes goes to the side file after its first
+    // chunk, instead of costing six bytes per byte in the cast.
+    let z = lab.vendor();
+    let out = run(lab.ssh(&z, &[]).arg("head -c 300000 /dev/zero"), b"", T);
+    assert_eq!(out.stdout.len(), 300_000, "{}", stderr(&out));
+    let (s, cast) = ended(&lab, &z.name, "closed");
+    let side = std::fs::read(Path::new(s["recording_path"].as_str().unwrap_or_default()).with_extension("out"))
+        .expect("side file for NUL output");
+    assert!(side.len() >= 300_000 - 64 * 1024 && side.iter().all(|b| *b == 0), "{} bytes", side.len());
+    let o = cast.text("o");
+    let in_cast = o.chars().filter(|c| *c == '\0').count();
+    assert_eq!(in_cast + side.len(), 300_000, "every byte is in the cast or the side file");
+    assert!(o.contains(&format!("binary output: {} bytes in", side.len())), "{o:.300}");
+
     let w = lab.vendor();
     let out = run(lab.ssh(&w, &[]).args(["whoami;", "exit", "0"]), b"", T);
     assert_eq!(assert_ok("exec exit 0", &out), format!("{TARGET_LOGIN}\n"));

@@ -168,6 +168,7 @@ impl Recorder {
         let writer = Writer {
             raw_allowed,
             raw: None,
+            escape_heavy: false,
             cast_path: path.clone(),
             buf: Vec::new(),
             sink: Sink { file: Some(out), writing: None, spare: Vec::new() },
@@ -405,12 +406,9 @@ impl RawOut {
     }
 }
 
-/// Whether `pending + chunk` is binary: a NUL byte, or invalid UTF-8 before a possibly
-/// unfinished sequence at its end.
+/// Whether `pending + chunk` is binary: invalid UTF-8 before a possibly unfinished sequence
+/// at its end.
 fn is_binary(pending: &[u8], chunk: &[u8]) -> bool {
-    if chunk.contains(&0) {
-        return true;
-    }
     let check = |b: &[u8]| match std::str::from_utf8(b) {
         Ok(_) => false,
         Err(e) => e.error_len().is_some(),
@@ -429,6 +427,8 @@ struct Writer {
     raw_allowed: bool,
     /// The side file, once binary output was seen.
     raw: Option<RawOut>,
+    /// The last standard output chunk escaped to more than twice its size.
+    escape_heavy: bool,
     cast_path: PathBuf,
     /// Encoded lines not yet hashed and written.
     buf: Vec<u8>,
@@ -469,28 +469,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Encodes a chunk of terminal text as an event (no copy of valid UTF-8).
-    async fn text(&mut self, t: f64, code: &str, data: &[u8], stream: Stream) -> std::io::Result<()> {
+    /// Encodes a chunk of terminal text as an event (no copy of valid UTF-8); returns the size
+    /// of the encoded event.
+    async fn text(&mut self, t: f64, code: &str, data: &[u8], stream: Stream) -> std::io::Result<usize> {
         let (carry, buf) = match stream {
             Stream::Out => (&mut self.out_carry, &mut self.buf),
             Stream::Err => (&mut self.err_carry, &mut self.buf),
             Stream::In => (&mut self.in_carry, &mut self.buf),
         };
+        let before = buf.len();
         carry.decode_with(data, |text| {
             if !text.is_empty() {
                 push_event(buf, t, code, text);
             }
         });
+        let encoded = buf.len() - before;
         if self.buf.len() >= BATCH {
             self.flush().await?;
         }
-        Ok(())
+        Ok(encoded)
     }
 
     /// Standard output of a channel without a terminal: text events, or the side file once
     /// the output turned out binary.
     async fn plain_output(&mut self, t: f64, data: &[u8]) -> std::io::Result<()> {
-        if self.raw.is_none() && self.raw_allowed && is_binary(self.out_carry.pending(), data) {
+        if self.raw.is_none() && self.raw_allowed && (self.escape_heavy || is_binary(self.out_carry.pending(), data)) {
             let mut raw = RawOut::open(&self.cast_path).await?;
             let note = format!("[penstock] binary output follows, recorded byte-exact in {}\r\n", raw.name());
             self.line(t, "o", &note).await?;
@@ -499,7 +502,13 @@ impl Writer {
         }
         match &mut self.raw {
             Some(raw) => raw.push(data).await,
-            None => self.text(t, "o", data, Stream::Out).await,
+            None => {
+                // Valid UTF-8 full of control bytes (zeros, say) is binary too: escaped, it
+                // would cost several times its size. The next chunk goes to the side file.
+                let encoded = self.text(t, "o", data, Stream::Out).await?;
+                self.escape_heavy = encoded > 2 * data.len() + 64;
+                Ok(())
+            }
         }
     }
 
@@ -522,12 +531,12 @@ impl Writer {
                 Tracker::Scp(_) => {}
                 Tracker::None => self.plain_output(t, &data).await?,
             },
-            Ev::Err(t, data) => self.text(t, "o", &data, Stream::Err).await?,
+            Ev::Err(t, data) => _ = self.text(t, "o", &data, Stream::Err).await?,
             Ev::In(t, data) => match &mut self.tracker {
                 Tracker::Sftp(s) => s.client_bytes(&data),
                 Tracker::Scp(s) if s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => self.text(t, "i", &data, Stream::In).await?,
+                Tracker::None => _ = self.text(t, "i", &data, Stream::In).await?,
             },
             Ev::Resize(t, c, r) => self.line(t, "r", &format!("{c}x{r}")).await?,
         }
@@ -624,9 +633,8 @@ mod tests {
     use super::is_binary;
 
     #[test]
-    fn binary_means_nul_or_invalid_utf8_not_a_split_sequence() {
+    fn binary_means_invalid_utf8_not_a_split_sequence() {
         assert!(!is_binary(b"", "héllo wörld\n".as_bytes()));
-        assert!(is_binary(b"", b"ab\0cd"));
         assert!(is_binary(b"", &[b'a', 0xff, b'b']));
         // An unfinished sequence at the end is text so far...
         assert!(!is_binary(b"", &[b'a', 0xc3]));
