@@ -218,30 +218,56 @@ fn hostile_targets_time_out_and_the_gateway_keeps_serving() {
 // ---------------------------------------------------------------------------------------------
 // 5. Hostile output cannot break the recording or the player.
 
+/// Hostile output (a title escape, quotes, brackets and a line that looks like an event):
+/// recorded as data, never as an event, and the cast still plays. Invalid UTF-8 from a channel
+/// without a terminal goes byte-exact to the side file, and the cast's own notes are markers the
+/// target cannot forge.
 #[test]
 fn hostile_output_cannot_forge_recording_events() {
     let lab = Lab::new(Backend::Sqlite);
-    let v = lab.vendor();
-    let cmd = r#"printf '\033]0;x\007\xff\xfe\000"]\n[1.0, "o", "fake"]\n'"#;
-    let out = run(lab.ssh(&v, &[]).arg(cmd), b"", T);
-    assert_ok("hostile printf", &out);
-    assert_eq!(out.stdout, b"\x1b]0;x\x07\xff\xfe\x00\"]\n[1.0, \"o\", \"fake\"]\n", "relayed bytes changed");
-    let s = lab.ended_session(&v.name);
-    let path = PathBuf::from(s["recording_path"].as_str().expect("recording"));
-    let cast = parse_cast(&path);
-    let text = std::fs::read_to_string(&path).expect("recording");
-    assert_eq!(text.lines().count(), 1 + cast.events.len(), "lines other than the header and the events");
-    assert!(text.ends_with('\n'));
-    assert!(
-        !cast.events.iter().any(|(t, c, d)| *t == 1.0 && c == "o" && d == "fake"),
-        "the target forged an event: {:?}",
-        cast.events
-    );
-    let o = cast.text("o");
-    assert!(o.contains("[1.0, \"o\", \"fake\"]"), "the fake line is not in the output data: {o:?}");
-    assert!(o.contains("\u{1b}]0;x\u{7}"), "escape sequence not recorded as data: {o:?}");
-    let shown = asciinema_cat(&path);
-    assert!(shown.contains("fake"), "{shown}");
+    for (cmd, relayed, binary) in [
+        (
+            r#"printf '\033]0;x\007\000"]\n[1.0, "o", "fake"]\n'"#,
+            &b"\x1b]0;x\x07\x00\"]\n[1.0, \"o\", \"fake\"]\n"[..],
+            false,
+        ),
+        (
+            r#"printf '\033]0;x\007\xff\xfe\000"]\n[1.0, "o", "fake"]\n'"#,
+            &b"\x1b]0;x\x07\xff\xfe\x00\"]\n[1.0, \"o\", \"fake\"]\n"[..],
+            true,
+        ),
+    ] {
+        let v = lab.vendor();
+        let out = run(lab.ssh(&v, &[]).arg(cmd), b"", T);
+        assert_ok("hostile printf", &out);
+        assert_eq!(out.stdout, relayed, "relayed bytes changed");
+        let s = lab.ended_session(&v.name);
+        let path = PathBuf::from(s["recording_path"].as_str().expect("recording"));
+        let cast = parse_cast(&path);
+        let text = std::fs::read_to_string(&path).expect("recording");
+        assert_eq!(text.lines().count(), 1 + cast.events.len(), "lines other than the header and the events");
+        assert!(text.ends_with('\n'));
+        assert!(
+            !cast.events.iter().any(|(t, c, d)| *t == 1.0 && c == "o" && d == "fake"),
+            "the target forged an event: {:?}",
+            cast.events
+        );
+        let o = cast.text("o");
+        let side = path.with_extension("out");
+        if binary {
+            assert_eq!(std::fs::read(&side).ok().as_deref(), Some(relayed), "side file is not byte-exact");
+            assert!(!o.contains("fake"), "binary output went to the cast: {o:?}");
+            let marks = cast.text("m");
+            assert!(marks.contains("binary output: 31 bytes in"), "no marker names the side file: {marks:?}");
+        } else {
+            assert!(!side.exists(), "text output made a side file");
+            assert!(o.contains("[1.0, \"o\", \"fake\"]"), "the fake line is not in the output data: {o:?}");
+            assert!(o.contains("\u{1b}]0;x\u{7}"), "escape sequence not recorded as data: {o:?}");
+            assert!(cast.text("m").is_empty(), "the target's output made a marker: {:?}", cast.events);
+            let shown = asciinema_cat(&path);
+            assert!(shown.contains("fake"), "{shown}");
+        }
+    }
     lab.finish();
 }
 

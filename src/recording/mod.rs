@@ -495,8 +495,8 @@ impl Writer {
     async fn plain_output(&mut self, t: f64, data: &[u8]) -> std::io::Result<()> {
         if self.raw.is_none() && self.raw_allowed && (self.escape_heavy || is_binary(self.out_carry.pending(), data)) {
             let mut raw = RawOut::open(&self.cast_path).await?;
-            let note = format!("[penstock] binary output follows, recorded byte-exact in {}\r\n", raw.name());
-            self.line(t, "o", &note).await?;
+            let note = format!("[penstock] binary output follows, recorded byte-exact in {}", raw.name());
+            self.note(t, &note).await?;
             raw.push(&self.out_carry.take_pending()).await?;
             self.raw = Some(raw);
         }
@@ -518,9 +518,16 @@ impl Writer {
         raw.flush().await?;
         raw.sink.sync().await?;
         let sha = hex::encode(std::mem::take(&mut raw.hasher).finalize());
-        let note = format!("[penstock] binary output: {} bytes in {}, sha256 {sha}\r\n", raw.bytes, raw.name());
+        let note = format!("[penstock] binary output: {} bytes in {}, sha256 {sha}", raw.bytes, raw.name());
         let t = self.started.elapsed().as_secs_f64();
-        self.line(t, "o", &note).await
+        self.note(t, &note).await
+    }
+
+    /// A note from the gateway: an `m` (marker) event, which target output can never produce,
+    /// and the same text as output so that a person replaying the cast sees it.
+    async fn note(&mut self, t: f64, text: &str) -> std::io::Result<()> {
+        self.line(t, "m", text).await?;
+        self.line(t, "o", &format!("\r\n{text}\r\n")).await
     }
 
     async fn handle(&mut self, ev: Ev) -> std::io::Result<()> {
@@ -552,9 +559,9 @@ impl Writer {
     }
 
     async fn transfer(&mut self, t: Transfer) -> std::io::Result<()> {
-        let note = format!("[penstock] {} {} ({} bytes, sha256 {})\r\n", t.direction, t.path, t.size, t.sha256);
+        let note = format!("[penstock] {} {} ({} bytes, sha256 {})", t.direction, t.path, t.size, t.sha256);
         let at = self.started.elapsed().as_secs_f64();
-        self.line(at, "o", &note).await?;
+        self.note(at, &note).await?;
         if let Err(e) = crate::sessions::add_transfer(
             &self.app,
             "system",
