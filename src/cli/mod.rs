@@ -308,7 +308,17 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let threads = match cli.command {
+        // A bad config is reported by `serve` itself, with file, line and key.
+        Command::Serve => crate::config::Config::load(&cli.config).map(|c| c.ssh.threads).unwrap_or(1),
+        Command::Quickstart { .. } => crate::config::SshConfig::default().threads,
+        _ => 1,
+    };
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("penstock: error: cannot start runtime: {e}");
