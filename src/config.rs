@@ -52,10 +52,9 @@ pub struct SshConfig {
     pub max_pending_per_source: usize,
     /// SSH channel window on both legs, in KiB (8 MiB by default; 2048 = OpenSSH's own).
     pub window_kib: u32,
-    /// Threads relaying sessions (`penstock serve`): 1 by default, 0 for one per CPU core. One
-    /// thread keeps a session's hand-offs on one core (about a sixth less CPU per byte than
-    /// two threads, see docs/PERFORMANCE.md) and relays several hundred MiB/s with
-    /// recording; raise it for more bulk sessions at once.
+    /// Threads relaying sessions (`penstock serve`): 0 (the default) for one per CPU core. One
+    /// thread keeps every hand-off on one core: about a sixth less CPU per byte (see
+    /// docs/PERFORMANCE.md), but logins wait behind bulk sessions on a busy gateway.
     pub threads: usize,
 }
 
@@ -75,7 +74,7 @@ impl Default for SshConfig {
             max_pending_logins: 256,
             max_pending_per_source: 16,
             window_kib: 8192,
-            threads: 1,
+            threads: 0,
         }
     }
 }
@@ -376,9 +375,9 @@ max_pending_per_source = 16
 # SSH channel window on both legs, KiB. 8 MiB suits bulk transfers over longer links; on a LAN
 # OpenSSH's own 2048 measured faster and uses less memory (docs/PERFORMANCE.md).
 window_kib = 8192
-# Threads relaying sessions: 1 keeps each hand-off on one core (cheapest per byte, several
-# hundred MiB/s with recording); 0 = one per CPU core, for many bulk sessions at once.
-threads = 1
+# Threads relaying sessions; 0 = one per CPU core. 1 keeps every hand-off on one core: about a
+# sixth less CPU per byte, but new logins wait behind bulk sessions on a busy gateway.
+threads = 0
 
 [web]
 # Web console (arrives with the web console issue).

@@ -311,9 +311,9 @@ pub fn main() -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     let threads = match cli.command {
         // A bad config is reported by `serve` itself, with file, line and key.
-        Command::Serve => crate::config::Config::load(&cli.config).map(|c| c.ssh.threads).unwrap_or(1),
+        Command::Serve => crate::config::Config::load(&cli.config).map(|c| c.ssh.threads).unwrap_or(0),
         Command::Quickstart { .. } => crate::config::SshConfig::default().threads,
-        _ => 1,
+        _ => 0,
     };
     if threads > 0 {
         builder.worker_threads(threads);
