@@ -14,6 +14,11 @@ use super::inbox::{Backlog, Inbox};
 use crate::recording::Recorder;
 use crate::sessions::EndReason;
 
+/// Data packets this small, while the backlog is high, are the trickle of `Conn::adjust_window`.
+const TRICKLE_MAX: usize = 64;
+/// Pause after each trickle packet.
+const TRICKLE_PAUSE: Duration = Duration::from_millis(10);
+
 /// One relayed channel.
 pub struct Relay {
     /// The vendor's channel, split.
@@ -94,8 +99,15 @@ impl Relay {
             let read_vendor = async {
                 while let Some(msg) = down_rd.wait().await {
                     let close = matches!(msg, ChannelMsg::Close);
+                    let trickle = matches!(&msg, ChannelMsg::Data { data } if data.len() <= TRICKLE_MAX);
                     if !inbox.push(msg).await || close {
                         break;
+                    }
+                    if trickle && backlog.is_high() {
+                        // Each tiny packet earns the vendor another tiny grant: pace them, so a
+                        // vendor outrunning its target costs a packet per pause, not one per
+                        // round trip. The pause is bounded, so russh's loop still moves on.
+                        tokio::time::sleep(TRICKLE_PAUSE).await;
                     }
                 }
                 inbox.finish();
