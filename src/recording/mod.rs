@@ -607,6 +607,10 @@ impl Writer {
                             // Idle: give back the batch buffers until output comes again.
                             self.buf = Vec::new();
                             self.sink.trim();
+                            if let Some(raw) = &mut self.raw {
+                                raw.buf = Vec::new();
+                                raw.sink.trim();
+                            }
                         }
                         busy = false;
                     }
