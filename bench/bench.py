@@ -479,7 +479,10 @@ class Env:
             f.write(ASKPASS)
         os.chmod(f"{d}/askpass", 0o755)
         self.data_path = f"{d}/data.txt"
-        write_text_file(self.data_path, data_bytes)
+        if self.args.data == "binary":
+            write_random_file(self.data_path, data_bytes)
+        else:
+            write_text_file(self.data_path, data_bytes)
         self.block = text_block(MIB)
 
         self.tport, self.jport = free_port(), free_port()
@@ -687,6 +690,17 @@ def text_block(n):
         raw = bytes(rnd.getrandbits(8) for _ in range(57))
         out += base64.b64encode(raw) + b"\n"
     return bytes(out[:n])
+
+
+def write_random_file(path, size):
+    """`size` random bytes (what a firmware image or an archive looks like)."""
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, 4 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+    os.chmod(path, 0o644)
 
 
 def write_text_file(path, size):
@@ -1193,6 +1207,8 @@ def main():
     ap.add_argument("--gateway-bin-for", action="append", metavar="GATEWAY:PATH",
                     help="another penstock binary for one gateway, for A/B runs of two builds")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of variants")
+    ap.add_argument("--data", choices=("text", "binary"), default="text",
+                    help="the bulk file: base64 text lines (default) or random bytes")
     ap.add_argument("--kinds", default=",".join(k for k, _ in BULK_KINDS), help="comma-separated bulk kinds")
     for k, v in FULL.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"(default {v})")
