@@ -129,7 +129,9 @@ fn audit_kinds(i: &Install) -> Vec<String> {
 fn verify_intact(i: &Install) -> (i64, String) {
     let out = i.ok(&["audit", "verify"]);
     let rest = out
-        .trim()
+        .lines()
+        .next()
+        .unwrap_or_default()
         .strip_prefix("audit chain intact: ")
         .unwrap_or_else(|| panic!("unexpected audit verify output: {out}"));
     let (n, rest) = rest.split_once(" events (head ").expect("count and head");

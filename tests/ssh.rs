@@ -16,7 +16,7 @@ mod common;
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -361,6 +361,61 @@ fn amplifying_target_does_not_deadlock_a_bulk_stream() {
     let (s, _) = ended(&lab, &v.name, "closed");
     assert_eq!(s["bytes_up"].as_u64(), Some(N as u64), "{s}");
     assert_eq!(s["bytes_down"].as_u64(), Some(4 * N as u64), "{s}");
+    lab.finish();
+}
+
+/// `audit verify` re-hashes every recording against the hash its `session.ended` event holds,
+/// and each binary side file against the size and hash its cast names: an edited, truncated or
+/// missing file is named; restored, all is intact again.
+#[test]
+fn audit_verify_detects_altered_recordings() {
+    let lab = Lab::new(Backend::Sqlite);
+    let t = lab.vendor();
+    assert_ok("text exec", &run(lab.ssh(&t, &[]).arg("echo evidence"), b"", T));
+    let (s, _) = ended(&lab, &t.name, "closed");
+    let cast = PathBuf::from(s["recording_path"].as_str().expect("recording"));
+    let b = lab.vendor();
+    assert_ok("binary exec", &run(lab.ssh(&b, &[]).arg("printf 'a\\377b\\376'; head -c 5000 /dev/urandom"), b"", T));
+    let (s, _) = ended(&lab, &b.name, "closed");
+    let bin_cast = PathBuf::from(s["recording_path"].as_str().expect("recording"));
+    let side = bin_cast.with_extension("out");
+    assert!(side.exists(), "no side file for binary output");
+
+    let out = lab.install.ok(&["audit", "verify"]);
+    assert!(out.contains("recordings intact: 3 files"), "{out}");
+
+    let check_broken = |path: &Path, mangle: &dyn Fn(&Path), expect: &str| {
+        let saved = std::fs::read(path).expect("read");
+        mangle(path);
+        let msg = lab.install.fails(&["audit", "verify"]);
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(expect), "{msg}");
+        assert!(msg.contains("do not match the audit chain"), "{msg}");
+        std::fs::write(path, &saved).expect("restore");
+    };
+    let append = |p: &Path| {
+        let mut v = std::fs::read(p).expect("read");
+        v.extend_from_slice(b"[9.9,\"o\",\"added later\"]\n");
+        std::fs::write(p, v).expect("write");
+    };
+    let truncate = |p: &Path| {
+        let v = std::fs::read(p).expect("read");
+        std::fs::write(p, &v[..v.len() - 1]).expect("write");
+    };
+    let flip = |p: &Path| {
+        let mut v = std::fs::read(p).expect("read");
+        v[10] ^= 1;
+        std::fs::write(p, v).expect("write");
+    };
+    check_broken(&cast, &append, "was altered");
+    check_broken(&cast, &truncate, "was altered");
+    check_broken(&side, &flip, "was altered");
+    check_broken(&side, &truncate, "was altered");
+    check_broken(&cast, &|p| std::fs::remove_file(p).expect("remove"), "cannot be read");
+
+    let out = lab.install.ok(&["audit", "verify"]);
+    assert!(out.contains("recordings intact: 3 files"), "{out}");
+    let out = lab.install.ok(&["audit", "verify", "--chain-only"]);
+    assert!(!out.contains("recordings"), "{out}");
     lab.finish();
 }
 

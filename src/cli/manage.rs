@@ -322,13 +322,31 @@ pub(crate) async fn session(config: &Path, cmd: SessionCmd) -> anyhow::Result<()
 pub(crate) async fn audit(config: &Path, cmd: AuditCmd) -> anyhow::Result<()> {
     let app = App::open_path(config).await?;
     match cmd {
-        AuditCmd::Verify => match audit::verify(&app.store).await? {
-            Verdict::Intact { count, head } => {
-                println!("audit chain intact: {count} events (head {head})");
-                Ok(())
+        AuditCmd::Verify { chain_only } => {
+            match audit::verify(&app.store).await? {
+                Verdict::Intact { count, head } => println!("audit chain intact: {count} events (head {head})"),
+                Verdict::Broken { seq, reason } => anyhow::bail!("audit chain broken at event {seq}: {reason}"),
             }
-            Verdict::Broken { seq, reason } => anyhow::bail!("audit chain broken at event {seq}: {reason}"),
-        },
+            if chain_only {
+                return Ok(());
+            }
+            let report = crate::recording::verify::check(&app.store).await?;
+            // Every problem on standard output; the error line names the first.
+            for p in &report.problems {
+                println!("{p}");
+            }
+            match report.problems.first() {
+                None => {
+                    println!("recordings intact: {} files", report.intact);
+                    Ok(())
+                }
+                Some(first) => anyhow::bail!(
+                    "{} recording file(s) do not match the audit chain ({} intact); first: {first}",
+                    report.problems.len(),
+                    report.intact
+                ),
+            }
+        }
         AuditCmd::Export { format: _, output } => {
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(

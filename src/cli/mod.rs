@@ -269,8 +269,12 @@ pub enum SessionCmd {
 /// `audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Check the whole chain.
-    Verify,
+    /// Check the whole chain, then every recording against the hash the chain holds.
+    Verify {
+        /// Check the chain only (hashing every recording can take a while).
+        #[arg(long)]
+        chain_only: bool,
+    },
     /// Write the chain out.
     Export {
         /// Format.

@@ -13,6 +13,7 @@
 
 pub mod cast;
 pub mod transfers;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
