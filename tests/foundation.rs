@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use common::sshd::base32_decode;
 use common::{assert_fails, assert_ok, files_under, random_hex, ssh_fingerprint, ssh_keygen, Backend, Install};
 use serde_json::Value;
 
@@ -53,23 +54,6 @@ fn otpauth(out: &str) -> (String, String) {
         .unwrap_or_else(|| panic!("no secret in {uri}"))
         .to_string();
     (uri, secret)
-}
-
-/// RFC 4648 base32 (no padding needed), as used in otpauth URIs.
-fn base32_decode(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u64, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase()).expect("base32 digit") as u64;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// Lines of a terminal QR code (half-block characters) in `out`.

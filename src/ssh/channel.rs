@@ -401,16 +401,7 @@ impl ChannelTask {
         };
         let path = recorder.path.display().to_string();
         let peer = self.peer.to_string();
-        let start = sessions::Start {
-            id: &id,
-            user_id: self.who.user_id,
-            user: &self.who.name,
-            target_id: target.id,
-            target: &target.name,
-            grant_id: grant.id,
-            client_addr: &peer,
-            recording_path: recorded.then_some(path.as_str()),
-        };
+        let start = start_row(&id, &self.who, &target, &grant, &peer, recorded.then_some(path.as_str()));
         if let Err(e) = sessions::start(&app, &start).await {
             tracing::error!(error = %e, "cannot store session; refused");
             let _ = recorder.finish().await;
@@ -594,16 +585,7 @@ impl Forward {
         };
         let id = sessions::new_id();
         let peer = self.peer.to_string();
-        let start = sessions::Start {
-            id: &id,
-            user_id: self.who.user_id,
-            user: &self.who.name,
-            target_id: target.id,
-            target: &target.name,
-            grant_id: grant.id,
-            client_addr: &peer,
-            recording_path: None,
-        };
+        let start = start_row(&id, &self.who, &target, &grant, &peer, None);
         if let Err(e) = sessions::start(&app, &start).await {
             tracing::error!(error = %e, "cannot store forward session; refused");
             return reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -672,5 +654,26 @@ async fn read_line(rd: &mut ChannelReadHalf, wr: &Wr, prompt: &str) -> Option<St
             }
             Some(_) => {}
         }
+    }
+}
+
+/// The session row of a channel `who` opened to `target` under `grant`.
+fn start_row<'a>(
+    id: &'a str,
+    who: &'a Principal,
+    target: &'a Target,
+    grant: &Grant,
+    peer: &'a str,
+    recording_path: Option<&'a str>,
+) -> sessions::Start<'a> {
+    sessions::Start {
+        id,
+        user_id: who.user_id,
+        user: &who.name,
+        target_id: target.id,
+        target: &target.name,
+        grant_id: grant.id,
+        client_addr: peer,
+        recording_path,
     }
 }
