@@ -28,6 +28,8 @@ pub struct App {
     pub policies: Arc<Policies>,
     /// Webhook notifications (inactive unless started by `serve`).
     pub notifier: Notifier,
+    /// This gateway's node id (set by `serve` through `node::register`; empty elsewhere).
+    pub node_id: Arc<String>,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
             clock: Arc::new(SystemClock),
             policies: Arc::new(Policies::default()),
             notifier: Notifier::default(),
+            node_id: Arc::default(),
         })
     }
 

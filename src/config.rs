@@ -44,7 +44,8 @@ pub struct SshConfig {
     pub listen: SocketAddr,
     /// Host key file (OpenSSH private key format).
     pub host_key: PathBuf,
-    /// Seconds a client has to finish logging in.
+    /// Seconds a client has from connecting to finishing its login (OpenSSH's `LoginGraceTime`).
+    /// Nothing but authentication messages is sent before that: keepalives start after it.
     pub login_timeout_secs: u64,
     /// Most connections that may be logging in at once.
     pub max_pending_logins: usize,
@@ -70,7 +71,7 @@ impl Default for SshConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 2222)),
             host_key: PathBuf::from("ssh_host_ed25519_key"),
-            login_timeout_secs: 60,
+            login_timeout_secs: 120,
             max_pending_logins: 256,
             max_pending_per_source: 16,
             window_kib: 8192,

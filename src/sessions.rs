@@ -20,6 +20,8 @@ pub enum EndReason {
     Idle,
     /// Something failed.
     Error,
+    /// The gateway stopped without closing it (closed when it started again).
+    Interrupted,
 }
 
 impl EndReason {
@@ -31,6 +33,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::Idle => "idle",
             EndReason::Error => "error",
+            EndReason::Interrupted => "interrupted",
         }
     }
 }
@@ -54,7 +57,7 @@ pub struct SessionRow {
     pub bytes_up: i64,
     /// Bytes from the target to the client.
     pub bytes_down: i64,
-    /// closed / killed / expired / error; none while live.
+    /// closed / killed / expired / idle / error / interrupted; none while live.
     pub end_reason: Option<String>,
     /// Recording file.
     pub recording_path: Option<String>,
@@ -97,7 +100,7 @@ pub struct Start<'a> {
 pub async fn start(app: &App, s: &Start<'_>) -> Result<()> {
     let mut tx = app.store.begin_write().await?;
     sqlx::query(
-        "INSERT INTO sessions (id, user_id, target_id, grant_id, client_addr, started_at, recording_path) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO sessions (id, user_id, target_id, grant_id, client_addr, started_at, recording_path, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(s.id)
     .bind(s.user_id)
@@ -106,6 +109,7 @@ pub async fn start(app: &App, s: &Start<'_>) -> Result<()> {
     .bind(s.client_addr)
     .bind(app.clock.now())
     .bind(s.recording_path.map(str::to_string))
+    .bind((!app.node_id.is_empty()).then(|| app.node_id.to_string()))
     .execute(&mut *tx)
     .await?;
     audit::append(

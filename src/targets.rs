@@ -67,6 +67,9 @@ pub struct Target {
     pub zone: Option<String>,
     /// Criticality tag.
     pub criticality: Option<String>,
+    /// Whether the gateway may use legacy SSH algorithms (SHA-1, CBC, finite-field DH) towards
+    /// this target (`--legacy-crypto`).
+    pub legacy_crypto: bool,
 }
 
 impl Target {
@@ -86,7 +89,8 @@ impl Target {
     }
 }
 
-const COLUMNS: &str = "id, name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality";
+const COLUMNS: &str =
+    "id, name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, legacy_crypto";
 
 fn from_row(r: &AnyRow) -> Result<Target> {
     let kind: String = r.try_get(6)?;
@@ -103,6 +107,7 @@ fn from_row(r: &AnyRow) -> Result<Target> {
         site: r.try_get(8)?,
         zone: r.try_get(9)?,
         criticality: r.try_get(10)?,
+        legacy_crypto: r.try_get::<i64, _>(11)? != 0,
     })
 }
 
@@ -149,6 +154,8 @@ pub struct NewTarget {
     pub zone: Option<String>,
     /// Tags.
     pub criticality: Option<String>,
+    /// Allow legacy SSH algorithms towards it.
+    pub legacy_crypto: bool,
 }
 
 /// Validates a credential before it is sealed.
@@ -185,8 +192,8 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
     }
     let mut tx = app.store.begin_write().await?;
     let id: i64 = sqlx::query(
-        "INSERT INTO targets (name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        "INSERT INTO targets (name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, created_at, legacy_crypto) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
     )
     .bind(&t.name)
     .bind(&t.protocol)
@@ -199,6 +206,7 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
     .bind(t.zone.clone())
     .bind(t.criticality.clone())
     .bind(app.clock.now())
+    .bind(i64::from(t.legacy_crypto))
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| conflict_or(e, || format!("target {:?} already exists", t.name)))?
@@ -216,6 +224,7 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
         site: t.site.clone(),
         zone: t.zone.clone(),
         criticality: t.criticality.clone(),
+        legacy_crypto: t.legacy_crypto,
     };
     audit::append(
         &mut tx,
@@ -230,8 +239,27 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
         },
     )
     .await?;
+    if t.legacy_crypto {
+        let ev = Event::TargetLegacyCrypto { target: t.name.clone(), allowed: true };
+        audit::append(&mut tx, &*app.clock, actor, &ev).await?;
+    }
     tx.commit().await?;
     Ok(target)
+}
+
+/// Allows or forbids legacy SSH algorithms towards a target (audited).
+pub async fn set_legacy_crypto(app: &App, actor: &str, name: &str, allowed: bool) -> Result<Target> {
+    let target = get(app, name).await?;
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query("UPDATE targets SET legacy_crypto = $1 WHERE id = $2")
+        .bind(i64::from(allowed))
+        .bind(target.id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, &*app.clock, actor, &Event::TargetLegacyCrypto { target: target.name.clone(), allowed })
+        .await?;
+    tx.commit().await?;
+    get(app, name).await
 }
 
 async fn seal_secret(

@@ -271,6 +271,7 @@ impl Env {
                     site: None,
                     zone: None,
                     criticality: None,
+                    legacy_crypto: false,
                 },
             )
             .await

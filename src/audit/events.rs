@@ -84,6 +84,33 @@ pub enum Event {
     PoliciesLoaded { count: i64 },
     /// A channel request was refused by policy.
     ChannelRefused { session: String, kind: String, detail: String },
+    /// Legacy SSH algorithms towards a target were allowed or forbidden.
+    TargetLegacyCrypto { target: String, allowed: bool },
+    /// A gateway node started.
+    NodeStarted { node: String, name: String, version: String },
+    /// A session left open by a gateway that stopped without closing it (a crash or `kill -9`)
+    /// was closed when that gateway started again; the hashes are of the files as found on disk.
+    SessionInterrupted {
+        session: String,
+        node: String,
+        recording: Option<String>,
+        recording_size: Option<i64>,
+        recording_sha256: Option<String>,
+        side_files: Vec<SideFile>,
+    },
+    /// A request or grant state that a crash left inconsistent was repaired on start.
+    StateRepaired { what: String, id: i64, detail: String },
+}
+
+/// A recording's side file as hashed when its session was closed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SideFile {
+    /// File name (next to the cast).
+    pub name: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// SHA-256.
+    pub sha256: String,
 }
 
 impl Event {
@@ -118,6 +145,10 @@ impl Event {
             Event::RequestExpired { .. } => "request.expired",
             Event::NotificationFailed { .. } => "notification.failed",
             Event::PoliciesLoaded { .. } => "policy.loaded",
+            Event::TargetLegacyCrypto { .. } => "target.legacy_crypto",
+            Event::NodeStarted { .. } => "node.started",
+            Event::SessionInterrupted { .. } => "session.interrupted",
+            Event::StateRepaired { .. } => "state.repaired",
         };
         (name, 1)
     }

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::store::{Store, Tx};
 
 mod events;
-pub use events::Event;
+pub use events::{Event, SideFile};
 
 /// Hash that stands before the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

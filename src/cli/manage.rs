@@ -146,12 +146,13 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
             site,
             zone,
             criticality,
+            legacy_crypto,
         } => {
             let cred = read_credential(&credential)?
                 .context("give the target credential: --password-stdin, --key-file or --kbdint-stdin")?;
             let host_key = if fetch_host_key {
                 let (host, port) = targets::parse_address(&address)?;
-                let key = crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream).await?;
+                let key = crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream, legacy_crypto).await?;
                 println!("Fetched host key of {address}: {}", crate::keys::fingerprint(&key));
                 Some(crate::keys::to_openssh(&key))
             } else {
@@ -172,6 +173,7 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
                     site,
                     zone,
                     criticality,
+                    legacy_crypto,
                 },
             )
             .await?;
@@ -183,8 +185,19 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
                 t.host_key_fingerprint().unwrap_or_default()
             );
         }
-        TargetCmd::List { json } => {
-            let list = targets::list(&app).await?;
+        TargetCmd::Set { name, legacy_crypto, no_legacy_crypto } => {
+            if !legacy_crypto && !no_legacy_crypto {
+                anyhow::bail!("nothing to change: give --legacy-crypto or --no-legacy-crypto");
+            }
+            let t = targets::set_legacy_crypto(&app, ACTOR, &name, legacy_crypto).await?;
+            println!(
+                "Target {}: legacy SSH algorithms {}.",
+                t.name,
+                if t.legacy_crypto { "allowed" } else { "not allowed (modern set only)" }
+            );
+        }
+        TargetCmd::List { json, legacy } => {
+            let list: Vec<_> = targets::list(&app).await?.into_iter().filter(|t| !legacy || t.legacy_crypto).collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -214,6 +227,10 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
             println!("login:         {}", t.login);
             println!("credential:    {} (vaulted)", t.credential_kind.as_str());
             println!("host key:      {}", t.host_key_fingerprint().unwrap_or_else(|| "(none)".into()));
+            println!(
+                "algorithms:    {}",
+                if t.legacy_crypto { "legacy allowed (ssh-rsa, SHA-1 kex, CBC, hmac-sha1)" } else { "modern only" }
+            );
             println!(
                 "site/zone/crit: {} / {} / {}",
                 t.site.unwrap_or_default(),

@@ -192,12 +192,30 @@ pub enum TargetCmd {
         /// Criticality tag (e.g. safety, high, low).
         #[arg(long)]
         criticality: Option<String>,
+        /// Allow legacy SSH algorithms (ssh-rsa, SHA-1 key exchange, CBC, hmac-sha1) towards
+        /// this target, for old devices that speak nothing else (audited).
+        #[arg(long)]
+        legacy_crypto: bool,
+    },
+    /// Change a target's settings.
+    Set {
+        /// Name.
+        name: String,
+        /// Allow legacy SSH algorithms towards it (audited).
+        #[arg(long, conflicts_with = "no_legacy_crypto")]
+        legacy_crypto: bool,
+        /// Back to the modern algorithm set only.
+        #[arg(long)]
+        no_legacy_crypto: bool,
     },
     /// List targets.
     List {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Only targets that allow legacy SSH algorithms.
+        #[arg(long)]
+        legacy: bool,
     },
     /// Show one target.
     Show {

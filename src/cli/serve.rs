@@ -30,6 +30,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
 
 async fn run(mut app: App) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    crate::node::register(&mut app).await?;
+    crate::recovery::on_start(&app).await?;
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;

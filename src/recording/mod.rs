@@ -10,6 +10,9 @@
 //! says so in an event and, at the end, names the side file's size and SHA-256 (so the cast's
 //! hash in the audit chain covers it). Binary data escaped into JSON would be lossy (invalid
 //! UTF-8 becomes U+FFFD) and cost twice its size to write and hash.
+//!
+//! Standard input of such a channel (`ssh plc sh < script.sh`, `ssh plc 'cat > fw.bin' < fw.bin`)
+//! is recorded the same way: `i` events while it is text, then byte-exact in `<session-id>.in`.
 
 pub mod cast;
 pub mod transfers;
@@ -168,8 +171,8 @@ impl Recorder {
         let raw_allowed = !spec.record_input && matches!(tracker, Tracker::None);
         let writer = Writer {
             raw_allowed,
-            raw: None,
-            escape_heavy: false,
+            out: Plain::new(Direction::Out),
+            input: Plain::new(Direction::In),
             cast_path: path.clone(),
             buf: Vec::new(),
             sink: Sink { file: Some(out), writing: None, spare: Vec::new() },
@@ -359,7 +362,7 @@ impl Sink {
     }
 }
 
-/// The byte-exact side file of a channel's binary standard output.
+/// The byte-exact side file of a channel's binary standard output or input.
 struct RawOut {
     path: PathBuf,
     sink: Sink,
@@ -369,8 +372,8 @@ struct RawOut {
 }
 
 impl RawOut {
-    async fn open(cast: &Path) -> std::io::Result<RawOut> {
-        let path = cast.with_extension("out");
+    async fn open(cast: &Path, ext: &str) -> std::io::Result<RawOut> {
+        let path = cast.with_extension(ext);
         let p = path.clone();
         let file =
             tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).create_new(true).open(p))
@@ -424,12 +427,13 @@ fn is_binary(pending: &[u8], chunk: &[u8]) -> bool {
 }
 
 struct Writer {
-    /// Whether binary standard output may go to a side file (no terminal, no transfer parsing).
+    /// Whether binary standard output and input may go to side files (no terminal, no
+    /// transfer parsing).
     raw_allowed: bool,
-    /// The side file, once binary output was seen.
-    raw: Option<RawOut>,
-    /// The last standard output chunk escaped to more than twice its size.
-    escape_heavy: bool,
+    /// Standard output: text events, then its side file once binary output was seen.
+    out: Plain,
+    /// Standard input, likewise.
+    input: Plain,
     cast_path: PathBuf,
     /// Encoded lines not yet hashed and written.
     buf: Vec<u8>,
@@ -442,6 +446,44 @@ struct Writer {
     err_carry: Utf8Carry,
     in_carry: Utf8Carry,
     started: Instant,
+}
+
+/// Which way a plain (non-terminal) stream goes.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Standard output of the target.
+    Out,
+    /// Standard input from the vendor.
+    In,
+}
+
+impl Direction {
+    fn ext(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Direction::Out => "output",
+            Direction::In => "input",
+        }
+    }
+}
+
+/// A plain stream's state: its side file once binary, and whether its last text chunk was
+/// escape-heavy.
+struct Plain {
+    raw: Option<RawOut>,
+    escape_heavy: bool,
+}
+
+impl Plain {
+    fn new(_dir: Direction) -> Plain {
+        Plain { raw: None, escape_heavy: false }
+    }
 }
 
 /// Which byte stream a text event comes from (each keeps its own unfinished UTF-8 sequence).
@@ -491,37 +533,71 @@ impl Writer {
         Ok(encoded)
     }
 
-    /// Standard output of a channel without a terminal: text events, or the side file once
-    /// the output turned out binary.
-    async fn plain_output(&mut self, t: f64, data: &[u8]) -> std::io::Result<()> {
-        if self.raw.is_none() && self.raw_allowed && (self.escape_heavy || is_binary(self.out_carry.pending(), data)) {
-            let mut raw = RawOut::open(&self.cast_path).await?;
-            let note = format!("[penstock] binary output follows, recorded byte-exact in {}", raw.name());
+    /// Standard output or input of a channel without a terminal: text events, or the side file
+    /// once the stream turned out binary.
+    async fn plain(&mut self, t: f64, data: &[u8], dir: Direction) -> std::io::Result<()> {
+        let (stream, code) = match dir {
+            Direction::Out => (Stream::Out, "o"),
+            Direction::In => (Stream::In, "i"),
+        };
+        let p = match dir {
+            Direction::Out => &self.out,
+            Direction::In => &self.input,
+        };
+        let carry = match dir {
+            Direction::Out => &self.out_carry,
+            Direction::In => &self.in_carry,
+        };
+        if p.raw.is_none() && self.raw_allowed && (p.escape_heavy || is_binary(carry.pending(), data)) {
+            let mut raw = RawOut::open(&self.cast_path, dir.ext()).await?;
+            let note = format!("[penstock] binary {} follows, recorded byte-exact in {}", dir.word(), raw.name());
             self.note(t, &note).await?;
-            raw.push(&self.out_carry.take_pending()).await?;
-            self.raw = Some(raw);
+            let held = match dir {
+                Direction::Out => self.out_carry.take_pending(),
+                Direction::In => self.in_carry.take_pending(),
+            };
+            raw.push(&held).await?;
+            match dir {
+                Direction::Out => self.out.raw = Some(raw),
+                Direction::In => self.input.raw = Some(raw),
+            }
         }
-        match &mut self.raw {
+        let p = match dir {
+            Direction::Out => &mut self.out,
+            Direction::In => &mut self.input,
+        };
+        match &mut p.raw {
             Some(raw) => raw.push(data).await,
             None => {
                 // Valid UTF-8 full of control bytes (zeros, say) is binary too: escaped, it
                 // would cost several times its size. The next chunk goes to the side file.
-                let encoded = self.text(t, "o", data, Stream::Out).await?;
-                self.escape_heavy = encoded > 2 * data.len() + 64;
+                let encoded = self.text(t, code, data, stream).await?;
+                let p = match dir {
+                    Direction::Out => &mut self.out,
+                    Direction::In => &mut self.input,
+                };
+                p.escape_heavy = encoded > 2 * data.len() + 64;
                 Ok(())
             }
         }
     }
 
-    /// Closes the side file (if any) and names its size and hash in the cast.
+    /// Closes the side files (if any) and names their sizes and hashes in the cast.
     async fn finish_raw(&mut self) -> std::io::Result<()> {
-        let Some(mut raw) = self.raw.take() else { return Ok(()) };
-        raw.flush().await?;
-        raw.sink.sync().await?;
-        let sha = hex::encode(std::mem::take(&mut raw.hasher).finalize());
-        let note = format!("[penstock] binary output: {} bytes in {}, sha256 {sha}", raw.bytes, raw.name());
-        let t = self.started.elapsed().as_secs_f64();
-        self.note(t, &note).await
+        for dir in [Direction::Out, Direction::In] {
+            let raw = match dir {
+                Direction::Out => self.out.raw.take(),
+                Direction::In => self.input.raw.take(),
+            };
+            let Some(mut raw) = raw else { continue };
+            raw.flush().await?;
+            raw.sink.sync().await?;
+            let sha = hex::encode(std::mem::take(&mut raw.hasher).finalize());
+            let note = format!("[penstock] binary {}: {} bytes in {}, sha256 {sha}", dir.word(), raw.bytes, raw.name());
+            let t = self.started.elapsed().as_secs_f64();
+            self.note(t, &note).await?;
+        }
+        Ok(())
     }
 
     /// A note from the gateway: an `m` (marker) event, which target output can never produce,
@@ -537,13 +613,14 @@ impl Writer {
                 Tracker::Sftp(s) => s.server_bytes(&data),
                 Tracker::Scp(s) if !s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
-                Tracker::None => self.plain_output(t, &data).await?,
+                Tracker::None => self.plain(t, &data, Direction::Out).await?,
             },
             Ev::Err(t, data) => _ = self.text(t, "o", &data, Stream::Err).await?,
             Ev::In(t, data) => match &mut self.tracker {
                 Tracker::Sftp(s) => s.client_bytes(&data),
                 Tracker::Scp(s) if s.sender_is_client() => s.sender_bytes(&data),
                 Tracker::Scp(_) => {}
+                Tracker::None if self.raw_allowed => self.plain(t, &data, Direction::In).await?,
                 Tracker::None => _ = self.text(t, "i", &data, Stream::In).await?,
             },
             Ev::Resize(t, c, r) => self.line(t, "r", &format!("{c}x{r}")).await?,
@@ -600,7 +677,7 @@ impl Writer {
                     _ = tick.tick() => {
                         self.flush().await?;
                         self.sink.settle().await?;
-                        if let Some(raw) = &mut self.raw {
+                        for raw in [&mut self.out.raw, &mut self.input.raw].into_iter().flatten() {
                             raw.flush().await?;
                             raw.sink.settle().await?;
                         }
@@ -608,7 +685,7 @@ impl Writer {
                             // Idle: give back the batch buffers until output comes again.
                             self.buf = Vec::new();
                             self.sink.trim();
-                            if let Some(raw) = &mut self.raw {
+                            for raw in [&mut self.out.raw, &mut self.input.raw].into_iter().flatten() {
                                 raw.buf = Vec::new();
                                 raw.sink.trim();
                             }
@@ -617,10 +694,10 @@ impl Writer {
                     }
                 }
             }
-            for rest in [self.out_carry.finish(), self.err_carry.finish()] {
+            for (code, rest) in [("o", self.out_carry.finish()), ("o", self.err_carry.finish()), ("i", self.in_carry.finish())] {
                 if !rest.is_empty() {
                     let t = self.started.elapsed().as_secs_f64();
-                    self.line(t, "o", &rest).await?;
+                    self.line(t, code, &rest).await?;
                 }
             }
             self.finish_raw().await?;

@@ -84,6 +84,16 @@ async fn refuse(wr: &Wr, msg: &str, code: u32) {
     end(wr, code).await;
 }
 
+/// Answers a channel opened past the per-connection limit: says why and closes it.
+pub async fn refuse_over_limit(down: Channel<server::Msg>, limit: usize) {
+    let (_rd, wr) = down.split();
+    let msg = format!(
+        "session refused: this connection already has {limit} open sessions or forwards (the limit); \
+         close one, or open a new connection"
+    );
+    refuse(&wr, &msg, 1).await;
+}
+
 /// Whether the policy's channel rules allow `kind`.
 fn allowed(rules: &Channels, kind: &ChannelKind) -> Result<(), &'static str> {
     match kind {
@@ -440,9 +450,9 @@ impl ChannelTask {
             format!("Penstock: {} started a session on {} (session {id}).", self.who.name, target.name),
             serde_json::json!({ "session": id, "user": self.who.name, "target": target.name, "client": peer }),
         );
-        let wants_input = self.pty.is_some()
-            || matches!(self.kind, ChannelKind::Subsystem(_))
-            || matches!(&self.kind, ChannelKind::Exec(c) if c.starts_with("scp "));
+        // Everything the vendor sends is recorded: keystrokes, transfers, and what is piped
+        // into a command (`ssh plc sh < script.sh`).
+        let wants_input = true;
         if eof_seen {
             let _ = up_chan.eof().await;
         }

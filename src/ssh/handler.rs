@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,8 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use super::channel::{ChannelTask, Forward, PtyReq, UpstreamSlot};
 use super::inbox::Backlog;
 use super::login::{self, Login};
-use super::server::{LoginSlot, Shared};
+use super::login_limits::LoginSlot;
+use super::server::Shared;
 use crate::audit::{self, Event};
 use crate::auth::{self, FirstFactor, Principal};
 use crate::recording::ChannelKind;
@@ -24,33 +25,40 @@ use crate::secret::Secret;
 
 /// Delay before answering a failed login step.
 const FAILURE_DELAY: Duration = Duration::from_millis(800);
-/// Most channels one connection may open.
-const MAX_CHANNELS: usize = 16;
+/// Most channels one connection may have open at once (sessions and `-L` forwards together).
+/// Only open channels count: a channel's place is freed when its task ends, however it ended.
+pub const MAX_CHANNELS: usize = 16;
+/// Channels past the limit are still opened (up to this many more) so the client can be told
+/// why in plain words; beyond that they are refused outright.
+const MAX_REFUSAL_CHANNELS: usize = 4;
 /// Environment variables passed to targets.
 fn env_allowed(name: &str) -> bool {
     name == "TERM" || name == "LANG" || name.starts_with("LC_")
 }
 
-/// Runs one connection to its end.
+/// Runs one connection to its end. The login deadline counts from the accept: a connection
+/// that has not logged in by then is dropped (and until then it is sent nothing but SSH
+/// handshake and authentication messages; see `server::server_config`).
 pub async fn serve_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: SocketAddr, permit: LoginSlot) {
     let authed = Arc::new(AtomicBool::new(false));
     let limit = Duration::from_secs(shared.app.config.ssh.login_timeout_secs.max(1));
+    let deadline = tokio::time::Instant::now() + limit;
     let conn = Conn::new(shared.clone(), peer, permit, authed.clone());
-    let running = match tokio::time::timeout(limit, russh::server::run_stream(shared.config.clone(), sock, conn)).await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = ?e, "ssh handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "no SSH identification in time; dropped");
-            return;
-        }
-    };
+    let running =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(shared.config.clone(), sock, conn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = ?e, "ssh handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "no SSH identification in time; dropped");
+                return;
+            }
+        };
     let handle = running.handle();
     let guard = tokio::spawn(async move {
-        tokio::time::sleep(limit).await;
+        tokio::time::sleep_until(deadline).await;
         if !authed.load(Ordering::SeqCst) {
             tracing::info!(%peer, "login timed out");
             let _ = handle.disconnect(russh::Disconnect::ByApplication, "login timed out".into(), "en".into()).await;
@@ -62,12 +70,32 @@ pub async fn serve_connection(shared: Arc<Shared>, sock: tokio::net::TcpStream, 
     guard.abort();
 }
 
+/// A place among a connection's open channels; freed on drop (when the channel's task ends).
+#[derive(Debug)]
+pub struct OpenChannel(Arc<AtomicUsize>);
+
+impl OpenChannel {
+    fn take(open: &Arc<AtomicUsize>) -> Option<OpenChannel> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_CHANNELS).then_some(n + 1))
+            .ok()
+            .map(|_| OpenChannel(open.clone()))
+    }
+}
+
+impl Drop for OpenChannel {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Default)]
 struct ChanState {
     chan: Option<Channel<Msg>>,
     pty: Option<PtyReq>,
     env: Vec<(String, String)>,
-    started: bool,
+    /// Its place among the open channels; `None` for a channel opened past the limit, which
+    /// only tells the client why and closes.
+    place: Option<OpenChannel>,
 }
 
 /// Which keyboard-interactive round is running, and for which login name.
@@ -89,7 +117,10 @@ pub struct Conn {
     principal: Option<Principal>,
     login: Option<Login>,
     upstream: UpstreamSlot,
+    /// Channels opened and not yet started (a started channel belongs to its task).
     channels: HashMap<ChannelId, ChanState>,
+    /// Channels open now (started or not), for the per-connection limit.
+    open: Arc<AtomicUsize>,
     backlog: Arc<Backlog>,
 }
 
@@ -107,7 +138,16 @@ impl Conn {
             login: None,
             upstream: Arc::new(tokio::sync::Mutex::new(None)),
             channels: HashMap::new(),
+            open: Arc::new(AtomicUsize::new(0)),
             backlog,
+        }
+    }
+
+    /// The client sent an authentication request, so it has finished key exchange: it is no
+    /// longer dropped to make room for other connections.
+    fn authenticating(&self) {
+        if let Some(p) = &self.permit {
+            p.mark_authenticating();
         }
     }
 
@@ -135,9 +175,14 @@ impl Conn {
         let (Some(who), Some(login)) = (self.principal.clone(), self.login.clone()) else {
             return session.channel_failure(ch);
         };
-        let Some(state) = self.channels.get_mut(&ch) else { return session.channel_failure(ch) };
-        let Some(down) = state.chan.take() else { return session.channel_failure(ch) };
-        state.started = true;
+        // Once started, the channel belongs to its task; its place is freed when the task ends.
+        let Some(state) = self.channels.remove(&ch) else { return session.channel_failure(ch) };
+        let Some(down) = state.chan else { return session.channel_failure(ch) };
+        let Some(place) = state.place else {
+            session.channel_success(ch)?;
+            tokio::spawn(super::channel::refuse_over_limit(down, MAX_CHANNELS));
+            return Ok(());
+        };
         session.channel_success(ch)?;
         let task = ChannelTask {
             shared: self.shared.clone(),
@@ -151,7 +196,10 @@ impl Conn {
             upstream: self.upstream.clone(),
             backlog: self.backlog.clone(),
         };
-        tokio::spawn(task.run(down));
+        tokio::spawn(async move {
+            task.run(down).await;
+            drop(place);
+        });
         Ok(())
     }
 
@@ -185,10 +233,12 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        self.authenticating();
         Ok(Auth::Reject { proceed_with_methods: Some(Self::both_methods()), partial_success: false })
     }
 
     async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.authenticating();
         // Passwords only travel inside keyboard-interactive, together with the TOTP code.
         Ok(Auth::Reject { proceed_with_methods: Some(Self::both_methods()), partial_success: false })
     }
@@ -198,6 +248,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         // Only keys the user has registered are asked to sign; nothing is granted here.
         let name = login::parse(user).user;
         let known = match crate::users::find(&self.shared.app, &name).await {
@@ -219,6 +270,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         // The signature has been verified by russh at this point.
         let name = login::parse(user).user;
         let pk: &PublicKey = key.public_key;
@@ -240,6 +292,7 @@ impl russh::server::Handler for Conn {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.authenticating();
         let key_done = self.key_ok.as_ref().filter(|(u, _)| u == user).map(|(_, p)| p.clone());
         let Some(_) = response else {
             let (kbd, prompts): (Kbd, Vec<(Cow<'static, str>, bool)>) = match &key_done {
@@ -306,11 +359,20 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.principal.is_none() || self.channels.len() >= MAX_CHANNELS {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+        if self.principal.is_none() {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         }
-        self.channels.insert(channel.id(), ChanState { chan: Some(channel), ..Default::default() });
+        let place = OpenChannel::take(&self.open);
+        if place.is_none() {
+            let waiting = self.channels.values().filter(|c| c.place.is_none()).count();
+            tracing::info!(peer = %self.peer, limit = MAX_CHANNELS, "session refused: too many open channels on one connection");
+            if waiting >= MAX_REFUSAL_CHANNELS {
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return Ok(());
+            }
+        }
+        self.channels.insert(channel.id(), ChanState { chan: Some(channel), place, ..Default::default() });
         reply.accept().await;
         Ok(())
     }
@@ -332,7 +394,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
-            Some(s) if !s.started => {
+            Some(s) => {
                 let term: String = term.chars().take(64).collect();
                 s.pty = Some(PtyReq {
                     term,
@@ -354,7 +416,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
-            Some(s) if !s.started && env_allowed(name) && s.env.len() < 32 && value.len() <= 256 => {
+            Some(s) if env_allowed(name) && s.env.len() < 32 && value.len() <= 256 => {
                 s.env.push((name.to_string(), value.to_string()));
                 session.channel_success(channel)
             }
@@ -373,7 +435,7 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // Before the relay starts, remember the size; after, the relay forwards it in order.
         if let Some(s) = self.channels.get_mut(&channel) {
-            if let (false, Some(p)) = (s.started, s.pty.as_mut()) {
+            if let Some(p) = s.pty.as_mut() {
                 p.cols = cols.min(1000);
                 p.rows = rows.min(1000);
             }
@@ -458,6 +520,11 @@ impl russh::server::Handler for Conn {
             reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
+        let Some(place) = OpenChannel::take(&self.open) else {
+            tracing::info!(peer = %self.peer, limit = MAX_CHANNELS, "forward refused: too many open channels on one connection");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
         // Decided (policy destinations, live grant) in its own task; the open is answered there.
         let fwd = Forward {
             shared: self.shared.clone(),
@@ -471,7 +538,10 @@ impl russh::server::Handler for Conn {
             upstream: self.upstream.clone(),
             backlog: self.backlog.clone(),
         };
-        tokio::spawn(fwd.run(channel, reply));
+        tokio::spawn(async move {
+            fwd.run(channel, reply).await;
+            drop(place);
+        });
         Ok(())
     }
 

@@ -2,14 +2,15 @@
 //! live sessions for kills, revocations, disabled users and expiry.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Row;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 
+use super::login_limits::{Admission, LoginLimits};
 use crate::app::App;
 use crate::sessions::EndReason;
 
@@ -92,49 +93,6 @@ impl Registry {
     }
 }
 
-/// A place in the "still logging in" limits: global and per source address. Dropping it frees
-/// both.
-#[derive(Debug)]
-pub struct LoginSlot {
-    _global: OwnedSemaphorePermit,
-    source: IpAddr,
-    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for LoginSlot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.per_source.lock() {
-            if let Some(n) = m.get_mut(&self.source) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.source);
-                }
-            }
-        }
-    }
-}
-
-/// Hands out [`LoginSlot`]s.
-#[derive(Debug)]
-struct LoginLimits {
-    global: Arc<Semaphore>,
-    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max_per_source: usize,
-}
-
-impl LoginLimits {
-    fn try_take(&self, source: IpAddr) -> Option<LoginSlot> {
-        let global = self.global.clone().try_acquire_owned().ok()?;
-        let mut m = self.per_source.lock().ok()?;
-        let n = m.entry(source).or_insert(0);
-        if *n >= self.max_per_source {
-            return None;
-        }
-        *n += 1;
-        Some(LoginSlot { _global: global, source, per_source: self.per_source.clone() })
-    }
-}
-
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
@@ -144,6 +102,8 @@ pub struct Shared {
     pub registry: Registry,
     /// russh server config.
     pub config: Arc<russh::server::Config>,
+    /// Connections still logging in.
+    pub logins: LoginLimits,
 }
 
 /// The SSH listener.
@@ -154,6 +114,14 @@ pub struct Server {
 
 /// The russh server config: host key, large windows and packets, no idle cut-off (policy does
 /// that), keepalives to find dead clients.
+///
+/// OpenSSH clients treat any global request during user authentication as a protocol error
+/// (`bad message during authentication: type 80`), so no keepalive may reach a client that has
+/// not logged in. russh's keepalive timer runs from the start of the connection and restarts
+/// with every packet received; the login deadline (`login_timeout_secs`, counted from the TCP
+/// accept) ends every connection that has not logged in by then. So the keepalive interval is
+/// kept longer than the login deadline: a keepalive can only ever go to an authenticated
+/// client. Dead networks are also found by TCP keepalives on the socket.
 pub fn server_config(app: &App) -> anyhow::Result<russh::server::Config> {
     let key = crate::keys::load_private_key(&app.config.host_key_path())?;
     Ok(russh::server::Config {
@@ -169,13 +137,19 @@ pub fn server_config(app: &App) -> anyhow::Result<russh::server::Config> {
         window_size: app.config.ssh.window_bytes(),
         maximum_packet_size: 65535,
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 4,
+        keepalive_interval: Some(keepalive_after(app.config.ssh.login_timeout_secs)),
+        keepalive_max: 3,
         nodelay: true,
-        preferred: super::preferred_algorithms(),
+        preferred: super::algorithms::server(),
         server_id: russh::SshId::Standard("SSH-2.0-Penstock".into()),
         ..Default::default()
     })
+}
+
+/// The SSH keepalive interval: 30 s, but always longer than the login deadline (see
+/// [`server_config`]).
+pub fn keepalive_after(login_timeout_secs: u64) -> Duration {
+    Duration::from_secs(30.max(login_timeout_secs.max(1) + 5))
 }
 
 impl Server {
@@ -185,7 +159,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(app.config.ssh.listen)
             .await
             .with_context(|| format!("cannot listen on {}", app.config.ssh.listen))?;
-        Ok(Server { listener, shared: Arc::new(Shared { app, registry: Registry::default(), config }) })
+        let logins = LoginLimits::new(app.config.ssh.max_pending_logins, app.config.ssh.max_pending_per_source);
+        Ok(Server { listener, shared: Arc::new(Shared { app, registry: Registry::default(), config, logins }) })
     }
 
     /// Bound address.
@@ -195,12 +170,6 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) -> anyhow::Result<()> {
-        let cfg = &self.shared.app.config.ssh;
-        let limits = LoginLimits {
-            global: Arc::new(Semaphore::new(cfg.max_pending_logins.max(1))),
-            per_source: Arc::new(Mutex::new(HashMap::new())),
-            max_per_source: cfg.max_pending_per_source.max(1),
-        };
         tokio::spawn(watch_sessions(self.shared.clone()));
         loop {
             let (sock, peer) = match self.listener.accept().await {
@@ -211,18 +180,45 @@ impl Server {
                     continue;
                 }
             };
-            // Connections still logging in are bounded; past that, new ones are dropped at once
-            // so a flood of half-open handshakes cannot stall the gateway.
-            let Some(permit) = limits.try_take(peer.ip()) else {
-                tracing::warn!(%peer, "too many connections logging in; dropped");
-                continue;
+            // Connections still logging in are bounded. A full table first drops its oldest
+            // connection that has not finished key exchange; only when every place is taken
+            // by one that is authenticating is the newcomer dropped.
+            let permit = match self.shared.logins.admit(peer.ip()) {
+                Admission::Admitted { slot, dropped } => {
+                    if dropped {
+                        tracing::warn!(%peer, dropped_total = self.shared.logins.stats.dropped_idle.load(std::sync::atomic::Ordering::Relaxed),
+                            "login table full: dropped the oldest connection that had not finished key exchange");
+                    }
+                    slot
+                }
+                Admission::Full => {
+                    tracing::warn!(%peer, "too many connections authenticating; new connection dropped");
+                    continue;
+                }
             };
             let _ = sock.set_nodelay(true);
+            set_tcp_keepalive(&sock);
             let shared = self.shared.clone();
+            let evicted = permit.eviction();
             tokio::spawn(async move {
-                super::handler::serve_connection(shared, sock, peer, permit).await;
+                tokio::select! {
+                    _ = super::handler::serve_connection(shared, sock, peer, permit) => {}
+                    _ = evicted.notified() => tracing::info!(%peer, "dropped before key exchange to make room for a new connection"),
+                }
             });
         }
+    }
+}
+
+/// TCP keepalives (idle 60 s, then every 15 s, 4 probes) find a vanished client without sending
+/// it anything at the SSH level.
+fn set_tcp_keepalive(sock: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
 
@@ -263,6 +259,12 @@ async fn watch_sessions(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         n += 1;
+        if n.is_multiple_of(20) {
+            // Every 10 s: this node is alive.
+            if let Err(e) = crate::node::heartbeat(&shared.app).await {
+                tracing::warn!(error = %e, "cannot record the node's heartbeat");
+            }
+        }
         if n.is_multiple_of(4) {
             // Every 2 s: pending requests past their time, and `penstock policy reload`.
             if let Err(e) = crate::access::requests::expire_due(&shared.app).await {

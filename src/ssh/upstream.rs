@@ -15,17 +15,37 @@ use crate::secret::Secret;
 use crate::targets::{self, CredentialKind, Target};
 
 /// The client config used towards targets, with the `[ssh] window_kib` window (see
-/// docs/PERFORMANCE.md for what larger and smaller windows cost).
-pub fn client_config(window: u32) -> client::Config {
+/// docs/PERFORMANCE.md for what larger and smaller windows cost) and the modern algorithm set,
+/// or the legacy one for a target that opted in (see `algorithms`).
+///
+/// Like the vendor leg, nothing but handshake and authentication messages goes to a target
+/// before the gateway has logged in: the keepalive interval is longer than the connect,
+/// handshake and login time-outs together, which bound that phase.
+pub fn client_config(window: u32, legacy: bool, cfg: &UpstreamConfig) -> client::Config {
+    let pre_auth = cfg.connect_timeout_secs + 2 * cfg.handshake_timeout_secs;
     client::Config {
         window_size: window,
         maximum_packet_size: 65535,
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 4,
-        preferred: super::preferred_algorithms(),
+        keepalive_interval: Some(Duration::from_secs(30.max(pre_auth + 5))),
+        keepalive_max: 3,
+        preferred: super::algorithms::client(legacy),
         ..Default::default()
     }
+}
+
+/// Why a target has no algorithm in common with the gateway's modern set, and how to opt in;
+/// `None` if the target is not the cause (or cannot be probed).
+async fn legacy_explanation(name: &str, host: &str, port: u16, cfg: &UpstreamConfig) -> Option<String> {
+    let offer = super::algorithms::probe(host, port, Duration::from_secs(cfg.handshake_timeout_secs)).await.ok()?;
+    let missing = offer.missing_from_modern();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{name} offers only legacy SSH algorithms ({}); if the device cannot be upgraded, an admin can allow them with `penstock target set {name} --legacy-crypto`",
+        missing.join("; ")
+    ))
 }
 
 /// Remembers the key a server presented.
@@ -43,8 +63,9 @@ impl client::Handler for Capture {
     }
 }
 
-/// Connects to `host:port`, takes its host key and hangs up.
-pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig) -> anyhow::Result<PublicKey> {
+/// Connects to `host:port`, takes its host key and hangs up (with the legacy algorithm set only
+/// when `legacy`).
+pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig, legacy: bool) -> anyhow::Result<PublicKey> {
     let tcp = tokio::time::timeout(
         Duration::from_secs(cfg.connect_timeout_secs),
         tokio::net::TcpStream::connect((host, port)),
@@ -53,16 +74,23 @@ pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig) -> anyh
     .with_context(|| format!("connecting to {host}:{port} timed out"))?
     .with_context(|| format!("cannot connect to {host}:{port}"))?;
     let slot = Arc::new(std::sync::Mutex::new(None));
-    // The same algorithms as sessions: russh's defaults lack AES-128-GCM, so a target that only
-    // allows it could not be added with --fetch-host-key.
-    let config = Arc::new(client_config(crate::config::SshConfig::default().window_bytes()));
-    let _ = tokio::time::timeout(
+    // The same algorithms as sessions.
+    let config = Arc::new(client_config(crate::config::SshConfig::default().window_bytes(), legacy, cfg));
+    let res = tokio::time::timeout(
         Duration::from_secs(cfg.handshake_timeout_secs),
         client::connect_stream(config, tcp, Capture(slot.clone())),
     )
     .await
     .with_context(|| format!("SSH handshake with {host}:{port} timed out"))?;
     let key = slot.lock().ok().and_then(|g| g.clone());
+    if key.is_none() && !legacy {
+        if let Err(russh::Error::NoCommonAlgo { .. }) = &res {
+            let address = format!("{host}:{port}");
+            if let Some(why) = legacy_explanation(&address, host, port, cfg).await {
+                anyhow::bail!("{}", why.replace("`penstock target set", "`--legacy-crypto` (or `penstock target set"));
+            }
+        }
+    }
     key.with_context(|| format!("{host}:{port} presented no SSH host key"))
 }
 
@@ -106,6 +134,9 @@ pub enum UpstreamError {
     /// The host key did not match the pinned one.
     #[error("the identity of {0} could not be verified; the session was refused")]
     HostKey(String),
+    /// No algorithm in common: the target only speaks legacy crypto and has not opted in.
+    #[error("{1}")]
+    Legacy(String, String),
     /// Login with the vaulted credential failed.
     #[error("the gateway could not log in to {0}")]
     Login(String),
@@ -132,7 +163,11 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
     let handshake = Duration::from_secs(cfg.handshake_timeout_secs);
     let connected = tokio::time::timeout(
         handshake,
-        client::connect_stream(Arc::new(client_config(app.config.ssh.window_bytes())), tcp, handler),
+        client::connect_stream(
+            Arc::new(client_config(app.config.ssh.window_bytes(), target.legacy_crypto, cfg)),
+            tcp,
+            handler,
+        ),
     )
     .await;
     let presented = mismatch.lock().ok().and_then(|g| g.clone());
@@ -148,6 +183,12 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
             return Err(UpstreamError::HostKey(name));
         }
         (Err(_), None) => return Err(UpstreamError::Unreachable(name, "SSH handshake timed out".into())),
+        (Ok(Err(russh::Error::NoCommonAlgo { .. })), None) if !target.legacy_crypto => {
+            let why = legacy_explanation(&name, &target.host, target.port, cfg).await;
+            let why = why.unwrap_or_else(|| format!("{name} has no SSH algorithm in common with the gateway"));
+            tracing::warn!(target = %name, "{why}");
+            return Err(UpstreamError::Legacy(name, why));
+        }
         (Ok(Err(e)), None) => return Err(UpstreamError::Unreachable(name, format!("SSH handshake failed: {e}"))),
         (Ok(Ok(c)), None) => c,
     };
