@@ -44,10 +44,12 @@ fn side_files(cast: &Path) -> Vec<PathBuf> {
 
 /// Closes every open session of this node (and, from before node ids, of no node).
 async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
-    let rows = sqlx::query("SELECT id, recording_path FROM sessions WHERE ended_at IS NULL AND (node_id = $1 OR node_id IS NULL)")
-        .bind(app.node_id.as_str())
-        .fetch_all(app.store.pool())
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, recording_path FROM sessions WHERE ended_at IS NULL AND (node_id = $1 OR node_id IS NULL)",
+    )
+    .bind(app.node_id.as_str())
+    .fetch_all(app.store.pool())
+    .await?;
     let mut n = 0;
     for r in rows {
         let id: String = r.try_get(0)?;

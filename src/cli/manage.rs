@@ -152,7 +152,8 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
                 .context("give the target credential: --password-stdin, --key-file or --kbdint-stdin")?;
             let host_key = if fetch_host_key {
                 let (host, port) = targets::parse_address(&address)?;
-                let key = crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream, legacy_crypto).await?;
+                let key =
+                    crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream, legacy_crypto).await?;
                 println!("Fetched host key of {address}: {}", crate::keys::fingerprint(&key));
                 Some(crate::keys::to_openssh(&key))
             } else {

@@ -694,7 +694,9 @@ impl Writer {
                     }
                 }
             }
-            for (code, rest) in [("o", self.out_carry.finish()), ("o", self.err_carry.finish()), ("i", self.in_carry.finish())] {
+            for (code, rest) in
+                [("o", self.out_carry.finish()), ("o", self.err_carry.finish()), ("i", self.in_carry.finish())]
+            {
                 if !rest.is_empty() {
                     let t = self.started.elapsed().as_secs_f64();
                     self.line(t, code, &rest).await?;

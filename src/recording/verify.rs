@@ -103,7 +103,9 @@ fn check_interrupted(report: &mut Report, d: &serde_json::Value) {
     match d["recording_sha256"].as_str() {
         Some(sha) => compare(report, session, "recording", &cast, sha, d["recording_size"].as_u64()),
         // The cast was already gone when the session was closed.
-        None => report.problems.push(format!("session {session}: recording {} was missing after a crash", cast.display())),
+        None => {
+            report.problems.push(format!("session {session}: recording {} was missing after a crash", cast.display()))
+        }
     }
     let sides: Vec<crate::audit::SideFile> = serde_json::from_value(d["side_files"].clone()).unwrap_or_default();
     for f in sides {
@@ -175,7 +177,8 @@ mod tests {
         ];
         std::fs::write(&cast, lines.join("\n") + "\n").expect("write");
         assert_eq!(side_files(&cast).expect("read"), vec![("x.out".into(), 12, "abc".into())]);
-        let with_input = [&lines[..], &[r#"[0.4,"m","[penstock] binary input: 7 bytes in x.in, sha256 def"]"#]].concat();
+        let with_input =
+            [&lines[..], &[r#"[0.4,"m","[penstock] binary input: 7 bytes in x.in, sha256 def"]"#]].concat();
         std::fs::write(&cast, with_input.join("\n") + "\n").expect("write");
         assert_eq!(
             side_files(&cast).expect("read"),

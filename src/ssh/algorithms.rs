@@ -82,8 +82,14 @@ const LEGACY_CIPHERS: &[cipher::Name] = &[
 
 const ETM_MACS: &[mac::Name] = &[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM];
 
-const LEGACY_MACS: &[mac::Name] =
-    &[mac::HMAC_SHA256_ETM, mac::HMAC_SHA512_ETM, mac::HMAC_SHA256, mac::HMAC_SHA512, mac::HMAC_SHA1_ETM, mac::HMAC_SHA1];
+const LEGACY_MACS: &[mac::Name] = &[
+    mac::HMAC_SHA256_ETM,
+    mac::HMAC_SHA512_ETM,
+    mac::HMAC_SHA256,
+    mac::HMAC_SHA512,
+    mac::HMAC_SHA1_ETM,
+    mac::HMAC_SHA1,
+];
 
 /// What the gateway's SSH server offers vendors.
 pub fn server() -> Preferred {
@@ -142,7 +148,8 @@ impl Offer {
         let macs: Vec<&str> = modern.mac.iter().map(|n| n.as_ref()).collect();
         let none_of = |offered: &[String], ours: &[&str]| !offered.iter().any(|o| ours.contains(&o.as_str()));
         let keys_ref: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let kex_real: Vec<String> = self.kex.iter().filter(|k| !k.starts_with("ext-info") && !k.starts_with("kex-strict")).cloned().collect();
+        let kex_real: Vec<String> =
+            self.kex.iter().filter(|k| !k.starts_with("ext-info") && !k.starts_with("kex-strict")).cloned().collect();
         let mut out = Vec::new();
         if none_of(&kex_real, &kex) {
             out.push(format!("key exchange {}", kex_real.join(",")));
@@ -224,8 +231,9 @@ fn parse_kexinit(b: &[u8]) -> anyhow::Result<Option<Offer>> {
     let payload = &b[5..4 + len - pad];
     anyhow::ensure!(payload.first() == Some(&20) && payload.len() >= 17, "the target did not start a key exchange");
     let mut rest = &payload[17..];
-    let mut lists = Vec::new();
-    for _ in 0..4 {
+    // kex, host keys, ciphers c→s, ciphers s→c, MACs c→s, MACs s→c, …
+    let mut lists: Vec<Vec<String>> = Vec::new();
+    for _ in 0..6 {
         anyhow::ensure!(rest.len() >= 4, "the target's key exchange offer is truncated");
         let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         anyhow::ensure!(rest.len() >= 4 + n, "the target's key exchange offer is truncated");
@@ -233,13 +241,8 @@ fn parse_kexinit(b: &[u8]) -> anyhow::Result<Option<Offer>> {
         lists.push(names.split(',').filter(|s| !s.is_empty()).map(|s| s.chars().take(64).collect()).collect());
         rest = &rest[4 + n..];
     }
-    let mut it = lists.into_iter();
-    Ok(Some(Offer {
-        kex: it.next().unwrap_or_default(),
-        host_keys: it.next().unwrap_or_default(),
-        ciphers: it.next().unwrap_or_default(),
-        macs: it.next().unwrap_or_default(),
-    }))
+    let mut take = |i: usize| std::mem::take(&mut lists[i]);
+    Ok(Some(Offer { kex: take(0), host_keys: take(1), ciphers: take(2), macs: take(4) }))
 }
 
 #[cfg(test)]
@@ -291,7 +294,14 @@ mod tests {
     fn kexinit_parsing_waits_for_the_whole_packet_and_bounds_sizes() {
         let mut payload = vec![20u8];
         payload.extend_from_slice(&[0u8; 16]);
-        for l in ["curve25519-sha256", "ssh-ed25519", "aes128-gcm@openssh.com", "hmac-sha2-256-etm@openssh.com"] {
+        for l in [
+            "curve25519-sha256",
+            "ssh-ed25519",
+            "aes128-gcm@openssh.com",
+            "aes128-gcm@openssh.com",
+            "hmac-sha2-256-etm@openssh.com",
+            "hmac-sha2-256-etm@openssh.com",
+        ] {
             payload.extend_from_slice(&(l.len() as u32).to_be_bytes());
             payload.extend_from_slice(l.as_bytes());
         }
@@ -304,6 +314,7 @@ mod tests {
         assert_eq!(parse_kexinit(&pkt[..pkt.len() - 1]).expect("partial"), None);
         let offer = parse_kexinit(&pkt).expect("parse").expect("complete");
         assert_eq!(offer.host_keys, vec!["ssh-ed25519".to_string()]);
+        assert_eq!(offer.macs, vec!["hmac-sha2-256-etm@openssh.com".to_string()]);
         assert!(parse_kexinit(&[0xff, 0xff, 0xff, 0xff, 0]).is_err());
         assert_eq!(banner_end(b"hello\r\nSSH-2.0-x\r\nrest"), Some(18));
     }

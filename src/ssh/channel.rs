@@ -466,6 +466,7 @@ impl ChannelTask {
             wants_input,
             backlog: self.backlog.clone(),
             idle_timeout: idle.map(|s| Duration::from_secs(s.max(1) as u64)),
+            exit_status_expected: true,
         };
         let out = relay.run().await;
         drop(up);
@@ -612,6 +613,7 @@ impl Forward {
             wants_input: false,
             backlog: self.backlog.clone(),
             idle_timeout: None,
+            exit_status_expected: false,
         };
         let out = relay.run().await;
         let _ = out.recorder.finish().await;

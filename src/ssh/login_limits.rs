@@ -255,8 +255,6 @@ mod tests {
     /// Whether `n` has a stored wake-up.
     fn futures_ready(n: Arc<Notify>) -> bool {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
-        rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_millis(50), n.notified()).await.is_ok()
-        })
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(50), n.notified()).await.is_ok() })
     }
 }

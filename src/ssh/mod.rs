@@ -12,4 +12,3 @@ pub mod login_limits;
 pub mod relay;
 pub mod server;
 pub mod upstream;
-

@@ -39,6 +39,11 @@ pub struct Relay {
     pub backlog: Arc<Backlog>,
     /// End the session after this long without data either way.
     pub idle_timeout: Option<Duration>,
+    /// A session channel (not a forward): the target's EOF is passed on together with its exit
+    /// status. sshd sends EOF before the exit status, and an OpenSSH client closes a channel
+    /// once both sides sent EOF; russh drops the channel on that close, so an exit status that
+    /// followed would be lost (seen with ControlMaster: `ssh` exiting 255 after a good command).
+    pub exit_status_expected: bool,
 }
 
 /// How a relay ended.
@@ -82,6 +87,7 @@ impl Relay {
             wants_input,
             backlog,
             idle_timeout,
+            exit_status_expected,
         } = self;
         let down_id = down_wr.id();
         let (mut up_rd, up_wr) = up.split();
@@ -161,6 +167,7 @@ impl Relay {
             };
 
             let target_to_vendor = async {
+                let mut eof_held = false;
                 loop {
                     let next = match quiet(up_rd.wait(), rec).await {
                         Some(m) => m,
@@ -186,18 +193,28 @@ impl Relay {
                         }
                         ChannelMsg::ExitStatus { exit_status } => {
                             let _ = down_wr.exit_status(exit_status).await;
+                            if std::mem::take(&mut eof_held) {
+                                let _ = down_wr.eof().await;
+                            }
                         }
                         ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag } => {
                             let _ = down_handle
                                 .exit_signal_request(down_id, signal_name, core_dumped, error_message, lang_tag)
                                 .await;
+                            if std::mem::take(&mut eof_held) {
+                                let _ = down_wr.eof().await;
+                            }
                         }
+                        ChannelMsg::Eof if exit_status_expected => eof_held = true,
                         ChannelMsg::Eof => {
                             let _ = down_wr.eof().await;
                         }
                         ChannelMsg::Close => break,
                         _ => {}
                     }
+                }
+                if eof_held {
+                    let _ = down_wr.eof().await;
                 }
             };
 

@@ -34,18 +34,13 @@ pub fn client_config(window: u32, legacy: bool, cfg: &UpstreamConfig) -> client:
     }
 }
 
-/// Why a target has no algorithm in common with the gateway's modern set, and how to opt in;
-/// `None` if the target is not the cause (or cannot be probed).
-async fn legacy_explanation(name: &str, host: &str, port: u16, cfg: &UpstreamConfig) -> Option<String> {
+/// What a target offers that has nothing in common with the gateway's modern set (`key
+/// exchange diffie-hellman-group14-sha1; host keys ssh-rsa; …`); `None` if the target is not
+/// the cause (or cannot be probed).
+async fn legacy_offer(host: &str, port: u16, cfg: &UpstreamConfig) -> Option<String> {
     let offer = super::algorithms::probe(host, port, Duration::from_secs(cfg.handshake_timeout_secs)).await.ok()?;
     let missing = offer.missing_from_modern();
-    if missing.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "{name} offers only legacy SSH algorithms ({}); if the device cannot be upgraded, an admin can allow them with `penstock target set {name} --legacy-crypto`",
-        missing.join("; ")
-    ))
+    (!missing.is_empty()).then(|| missing.join("; "))
 }
 
 /// Remembers the key a server presented.
@@ -85,9 +80,10 @@ pub async fn fetch_host_key(host: &str, port: u16, cfg: &UpstreamConfig, legacy:
     let key = slot.lock().ok().and_then(|g| g.clone());
     if key.is_none() && !legacy {
         if let Err(russh::Error::NoCommonAlgo { .. }) = &res {
-            let address = format!("{host}:{port}");
-            if let Some(why) = legacy_explanation(&address, host, port, cfg).await {
-                anyhow::bail!("{}", why.replace("`penstock target set", "`--legacy-crypto` (or `penstock target set"));
+            if let Some(offer) = legacy_offer(host, port, cfg).await {
+                anyhow::bail!(
+                    "{host}:{port} offers only legacy SSH algorithms ({offer}); if the device cannot be upgraded, add it with --legacy-crypto"
+                );
             }
         }
     }
@@ -184,8 +180,12 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
         }
         (Err(_), None) => return Err(UpstreamError::Unreachable(name, "SSH handshake timed out".into())),
         (Ok(Err(russh::Error::NoCommonAlgo { .. })), None) if !target.legacy_crypto => {
-            let why = legacy_explanation(&name, &target.host, target.port, cfg).await;
-            let why = why.unwrap_or_else(|| format!("{name} has no SSH algorithm in common with the gateway"));
+            let why = match legacy_offer(&target.host, target.port, cfg).await {
+                Some(offer) => format!(
+                    "{name} offers only legacy SSH algorithms ({offer}); if the device cannot be upgraded, an admin can allow them with `penstock target set {name} --legacy-crypto`"
+                ),
+                None => format!("{name} has no SSH algorithm in common with the gateway"),
+            };
             tracing::warn!(target = %name, "{why}");
             return Err(UpstreamError::Legacy(name, why));
         }

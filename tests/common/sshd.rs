@@ -591,6 +591,24 @@ impl Lab {
         }
     }
 
+    /// Starts the gateway again on the same installation (after [`Lab::kill_gateway`]), with
+    /// extra environment `env`; new clients use its new port.
+    pub fn restart_gateway(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut g) = self.gateway.take() {
+            g.stop();
+        }
+        // The new gateway's readiness is read from a fresh log.
+        let log = self.install.dir().join("gateway.log");
+        let old = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut all =
+            std::fs::OpenOptions::new().create(true).append(true).open(log.with_extension("log.old")).expect("log");
+        std::io::Write::write_all(&mut all, old.as_bytes()).expect("keep old log");
+        let _ = std::fs::remove_file(&log);
+        let g = Gateway::start_env(&self.install, env);
+        self.port = g.port;
+        self.gateway = Some(g);
+    }
+
     /// The gateway's log so far.
     pub fn gateway_log(&self) -> String {
         self.gateway.as_ref().map(|g| g.log_text()).unwrap_or_default()
