@@ -201,18 +201,13 @@ fn half_open_handshakes_do_not_lock_out_other_sources() {
     let dave = add_user(&i, "dave", "vendor", "dave-password-1");
     let gw = start_gateway(&i, &[("PENSTOCK_SSH_MAX_PENDING_PER_SOURCE", "8")]);
     let addr: SocketAddr = format!("127.0.0.1:{}", gw.port).parse().expect("addr");
-    // 40 connections from 127.0.0.1 that never speak.
+    // 40 connections from 127.0.0.1 that never speak: each newcomer drops the oldest one that
+    // has not finished key exchange, so at most 8 stay open.
     let mut silent: Vec<TcpStream> = (0..40).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-    // The gateway greets the first 8 and closes the rest at once.
-    let mut greeted = 0;
-    for s in silent.iter_mut() {
-        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-        let mut buf = [0u8; 64];
-        if s.read(&mut buf).unwrap_or(0) > 0 {
-            greeted += 1;
-        }
-    }
-    assert_eq!(greeted, 8, "only 8 half-open logins per source are served");
+    std::thread::sleep(Duration::from_millis(500));
+    let open = silent.iter_mut().filter(|s| still_open(s)).count();
+    assert!(open <= 8, "{open} silent connections from one source are still held (limit 8)");
+    assert!(open >= 1, "the newest silent connections should still be open");
     // One that sends garbage instead of an identification line.
     let mut garbage = TcpStream::connect(addr).expect("connect");
     let _ = garbage.write_all(&[0xffu8; 64 * 1024]);
@@ -228,12 +223,29 @@ fn half_open_handshakes_do_not_lock_out_other_sources() {
         assert!(ok, "login from another source works while 127.0.0.1 floods");
     });
     assert!(start.elapsed() < Duration::from_secs(10), "login took {:?}", start.elapsed());
-    // The flooding source itself is cut off past its limit: a further connection is closed
-    // without a banner.
+    // The flooding source itself still gets in: it is its idle connections that go.
     let mut extra = TcpStream::connect(addr).expect("connect");
     extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut buf = [0u8; 64];
     let n = extra.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "a connection past the per-source limit gets no banner: {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"SSH-2.0-"),
+        "a new connection from the flooding source got no banner: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     drop(silent);
+}
+
+/// Whether the gateway still holds `s` open (reads its banner; EOF means it was dropped).
+fn still_open(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return true,
+            Err(_) => return false,
+        }
+    }
 }
