@@ -31,6 +31,8 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// Webhooks.
     pub notifications: NotificationsConfig,
+    /// Evidence bundles.
+    pub evidence: EvidenceConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -227,8 +229,34 @@ impl Default for NotificationsConfig {
     }
 }
 
-const SECTIONS: &[&str] =
-    &["ssh", "web", "database", "recordings", "vault", "auth", "upstream", "log", "policies", "notifications"];
+/// `[evidence]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// Ed25519 key that signs evidence bundles (OpenSSH format; made by `init` and by `serve`
+    /// when missing).
+    pub key: PathBuf,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self { key: PathBuf::from("evidence_ed25519_key") }
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "ssh",
+    "web",
+    "database",
+    "recordings",
+    "vault",
+    "auth",
+    "upstream",
+    "log",
+    "policies",
+    "notifications",
+    "evidence",
+];
 
 impl Config {
     /// Reads `path`, applies `PENSTOCK_<SECTION>_<KEY>` overrides from the environment and
@@ -311,6 +339,11 @@ impl Config {
     /// Host key file.
     pub fn host_key_path(&self) -> PathBuf {
         self.resolve(&self.ssh.host_key)
+    }
+
+    /// Evidence signing key file.
+    pub fn evidence_key_path(&self) -> PathBuf {
+        self.resolve(&self.evidence.key)
     }
 }
 
@@ -425,6 +458,12 @@ webhooks = []
 attempts = 5
 backoff_secs = 2
 timeout_secs = 5
+
+[evidence]
+# Ed25519 key that signs evidence bundles (SSHSIG, namespace "penstock-evidence"); made by
+# `penstock init`, or by `penstock serve` when missing. `penstock evidence key` prints its public
+# half: give that to auditors through another channel.
+key = "evidence_ed25519_key"
 "#
     )
 }

@@ -30,6 +30,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
 
 async fn run(mut app: App) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    if crate::evidence::ensure_key(&app.config)? {
+        tracing::info!(key = %app.config.evidence_key_path().display(), "evidence signing key created");
+    }
+    crate::search::start(app.clone());
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;

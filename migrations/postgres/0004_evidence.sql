@@ -1,0 +1,36 @@
+-- Evidence for auditors: the recordings search index, legal holds, SIEM cursors. Keep in step with ../sqlite.
+-- One row per indexed line of a recording (reconstructed input, output text, exec command, notes).
+CREATE TABLE recording_text (
+    id         BIGSERIAL PRIMARY KEY,
+    text       TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    t          DOUBLE PRECISION NOT NULL,
+    kind       TEXT NOT NULL,
+    tsv        tsvector GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED
+);
+CREATE INDEX recording_text_tsv ON recording_text USING GIN (tsv);
+CREATE INDEX recording_text_session ON recording_text (session_id);
+
+-- Which recordings are indexed (a row claims a session for one indexer).
+CREATE TABLE recording_index (
+    session_id TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    lines      BIGINT NOT NULL DEFAULT 0,
+    at         BIGINT NOT NULL
+);
+
+-- Recordings retention must keep.
+CREATE TABLE recording_holds (
+    session_id TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    held_by    TEXT NOT NULL,
+    at         BIGINT NOT NULL
+);
+
+-- Per-destination position of SIEM shipping (last audit seq delivered).
+CREATE TABLE siem_cursors (
+    destination TEXT PRIMARY KEY,
+    seq         BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    last_error  TEXT
+);

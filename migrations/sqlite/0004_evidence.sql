@@ -1,0 +1,33 @@
+-- Evidence for auditors: the recordings search index, legal holds, SIEM cursors. Keep in step with ../postgres.
+-- One row per indexed line of a recording (reconstructed input, output text, exec command, notes).
+CREATE VIRTUAL TABLE recording_text USING fts5(
+    text,
+    session_id UNINDEXED,
+    t UNINDEXED,
+    kind UNINDEXED,
+    tokenize = 'unicode61'
+);
+
+-- Which recordings are indexed (a row claims a session for one indexer).
+CREATE TABLE recording_index (
+    session_id TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    lines      BIGINT NOT NULL DEFAULT 0,
+    at         BIGINT NOT NULL
+);
+
+-- Recordings retention must keep.
+CREATE TABLE recording_holds (
+    session_id TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    held_by    TEXT NOT NULL,
+    at         BIGINT NOT NULL
+);
+
+-- Per-destination position of SIEM shipping (last audit seq delivered).
+CREATE TABLE siem_cursors (
+    destination TEXT PRIMARY KEY,
+    seq         BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    last_error  TEXT
+);
