@@ -27,6 +27,11 @@ fn resize(parser: &mut vt100::Parser, data: &str) {
     }
 }
 
+/// Bidirectional overrides, which could make the auditor misread a line.
+fn is_bidi(c: char) -> bool {
+    ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// A terminal emulator fed from a recording.
 pub struct Screen {
     parser: vt100::Parser,
@@ -41,6 +46,10 @@ impl Screen {
     /// Applies one event (output and resizes change the screen).
     pub fn apply(&mut self, code: &str, data: &str) {
         match code {
+            "o" if data.chars().any(is_bidi) => {
+                let clean: String = data.chars().map(|c| if is_bidi(c) { '\u{fffd}' } else { c }).collect();
+                self.parser.process(clean.as_bytes())
+            }
             "o" => self.parser.process(data.as_bytes()),
             "r" => resize(&mut self.parser, data),
             _ => {}

@@ -52,8 +52,8 @@ impl Kind {
 /// One line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Line {
-    /// Seconds since the start (for input: when Enter was pressed; for output: when the line
-    /// began).
+    /// Seconds since the start (for input: when Enter was pressed; for output: when the line's
+    /// last character arrived).
     pub t: f64,
     /// Its kind.
     pub kind: Kind,
@@ -83,14 +83,16 @@ fn push_capped(s: &mut String, c: char) {
 #[derive(Default)]
 struct OutLines {
     cur: String,
-    started: Option<f64>,
+    /// When the line's last character arrived (a prompt printed long before the command typed
+    /// after it does not date the line).
+    last: Option<f64>,
     now: f64,
     done: Vec<Line>,
 }
 
 impl vte::Perform for OutLines {
     fn print(&mut self, c: char) {
-        self.started.get_or_insert(self.now);
+        self.last = Some(self.now);
         push_capped(&mut self.cur, c);
     }
 
@@ -110,7 +112,7 @@ impl OutLines {
     fn end(&mut self) {
         let text = self.cur.trim_end().to_string();
         self.cur.clear();
-        if let Some(t) = self.started.take() {
+        if let Some(t) = self.last.take() {
             if !text.trim().is_empty() {
                 self.done.push(Line { t, kind: Kind::Output, text });
             }
@@ -256,7 +258,6 @@ pub fn lines<R: BufRead>(r: R, mut f: impl FnMut(&Header, Line) -> anyhow::Resul
     while let Some(ev) = cast.next_event()? {
         last = ev.t;
         tr.event(ev.t, &ev.code, &ev.data);
-        // Output lines are dated by their start, so hold them until input catches up.
         let batch = tr.take();
         for l in batch {
             f(&header, l)?;
