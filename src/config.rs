@@ -113,11 +113,13 @@ pub struct RecordingsConfig {
     pub enabled: bool,
     /// Refuse new sessions when less than this many MiB are free.
     pub min_free_mib: u64,
+    /// Delete recordings of sessions that ended more than this many days ago (0: keep them).
+    pub retain_days: u32,
 }
 
 impl Default for RecordingsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64 }
+        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64, retain_days: 0 }
     }
 }
 
@@ -424,6 +426,9 @@ url = "{database_url}"
 dir = "recordings"
 # New sessions are refused when the recordings disk has less free space than this.
 min_free_mib = 64
+# A daily job deletes recordings of sessions that ended more than this many days ago (0 keeps
+# them forever), each with a `recording.deleted` audit event; `recordings hold` exempts one.
+retain_days = 0
 
 [vault]
 # 32-byte master key that encrypts every vaulted secret. Under systemd, LoadCredential=master.key

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod policy;
 pub mod recording;
 pub mod replay;
+pub mod retention;
 pub mod search;
 pub mod secret;
 pub mod sessions;

@@ -482,3 +482,61 @@ fn evidence_verify_names_each_tampering() {
     verify_fails("chain", &f, &[&format!("chain break: event {} is missing", removed["seq"])]);
     lab.finish();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retention and legal hold
+
+/// Retention deletes recordings older than `retain_days` with a `recording.deleted` event
+/// holding the hash they had, keeps those on legal hold, drops them from the search index; and
+/// `audit verify` tells a recording retention deleted from one that went missing.
+#[test]
+fn retention_deletes_old_recordings_except_held_ones() {
+    let lab = Lab::with(Backend::Sqlite, "", &[("PENSTOCK_RECORDINGS_RETAIN_DAYS", "30")]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let v = lab.vendor();
+        let out = run(&mut lab.ssh(&v, &["-tt"]), format!("echo retained-{i}-$((1+1))\nexit\n").as_bytes(), T);
+        assert_ok("shell", &out);
+        let s = lab.ended_session(&v.name);
+        ids.push((s["id"].as_str().expect("id").to_string(), s["recording_path"].as_str().expect("p").to_string()));
+    }
+    search_until_found(&lab, &["retained-0-2"]);
+    // The first two ended 40 days ago; the second is on hold; the third is recent.
+    for (id, _) in &ids[..2] {
+        lab.install.exec_sql(&format!("UPDATE sessions SET ended_at = ended_at - 40 * 86400 WHERE id = '{id}'"));
+    }
+    let held = lab.install.ok(&["recordings", "hold", &ids[1].0[..8], "--reason", "incident 2026-113"]);
+    assert!(held.contains("on legal hold"), "{held}");
+    assert!(lab.install.ok(&["recordings", "holds"]).contains("incident 2026-113"));
+    let out = lab.install.command(&["recordings", "expire"]).env("PENSTOCK_RECORDINGS_RETAIN_DAYS", "30").output();
+    let out = out.expect("run expire");
+    let msg = assert_ok("expire", &out);
+    assert!(msg.contains("deleted 1 recording"), "{msg}");
+    assert!(!Path::new(&ids[0].1).exists(), "old recording deleted");
+    assert!(Path::new(&ids[1].1).exists(), "held recording kept");
+    assert!(Path::new(&ids[2].1).exists(), "recent recording kept");
+    let deleted = lab.audit_events("recording.deleted");
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0]["details"]["session"], ids[0].0.as_str());
+    let sha = lab.sessions(false).into_iter().find(|s| s["id"] == ids[0].0.as_str()).expect("row")["recording_sha256"]
+        .clone();
+    assert_eq!(deleted[0]["details"]["recording_sha256"], sha);
+    assert_eq!(lab.install.json(&["recordings", "search", "retained-0-2", "--json"]), Value::Array(vec![]));
+    let held_ev = lab.audit_events("recording.held");
+    assert_eq!(held_ev[0]["details"]["reason"], "incident 2026-113");
+    // A second run finds nothing more to do.
+    let out = lab.install.command(&["recordings", "expire"]).env("PENSTOCK_RECORDINGS_RETAIN_DAYS", "30").output();
+    assert!(assert_ok("expire again", &out.expect("run")).contains("deleted 0 recording"));
+    let verify = lab.install.ok(&["audit", "verify"]);
+    assert!(verify.contains("1 recording(s) deleted by retention"), "{verify}");
+    // Lifting the hold lets retention delete it next time.
+    lab.install.ok(&["recordings", "unhold", &ids[1].0[..8]]);
+    assert_eq!(lab.audit_events("recording.released").len(), 1);
+    // A recording removed by hand is missing, not deleted.
+    std::fs::remove_file(&ids[2].1).expect("rm");
+    let out = lab.install.run(&["audit", "verify"]);
+    let msg = common::assert_fails("audit verify", &out);
+    assert!(msg.contains(&ids[2].0), "{msg}");
+    assert!(stdout(&out).contains("is missing (no recording.deleted event"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains(&format!("session {}:", ids[0].0)), "{}", stdout(&out));
+}

@@ -24,6 +24,13 @@ CREATE TABLE recording_holds (
     at         BIGINT NOT NULL
 );
 
+-- Recordings deleted by retention (the audit chain holds a recording.deleted event for each).
+CREATE TABLE recording_deletions (
+    session_id TEXT PRIMARY KEY,
+    at         BIGINT NOT NULL,
+    files_gone BIGINT NOT NULL DEFAULT 0
+);
+
 -- Per-destination position of SIEM shipping (last audit seq delivered).
 CREATE TABLE siem_cursors (
     destination TEXT PRIMARY KEY,

@@ -84,6 +84,18 @@ pub enum Event {
     PoliciesLoaded { count: i64 },
     /// A channel request was refused by policy.
     ChannelRefused { session: String, kind: String, detail: String },
+    /// Retention deleted a session's recording (and its side files).
+    RecordingDeleted {
+        session: String,
+        recording: String,
+        recording_sha256: Option<String>,
+        side_files: Vec<String>,
+        reason: String,
+    },
+    /// A recording was put on legal hold (retention keeps it).
+    RecordingHeld { session: String, reason: String, by: String },
+    /// A legal hold was lifted.
+    RecordingReleased { session: String, by: String },
 }
 
 impl Event {
@@ -118,6 +130,9 @@ impl Event {
             Event::RequestExpired { .. } => "request.expired",
             Event::NotificationFailed { .. } => "notification.failed",
             Event::PoliciesLoaded { .. } => "policy.loaded",
+            Event::RecordingDeleted { .. } => "recording.deleted",
+            Event::RecordingHeld { .. } => "recording.held",
+            Event::RecordingReleased { .. } => "recording.released",
         };
         (name, 1)
     }

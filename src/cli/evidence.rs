@@ -11,6 +11,8 @@ use crate::evidence::{self, export::Selection};
 use crate::replay::{self, transcript};
 use crate::storage::{self, RecordingStorage};
 
+const ACTOR: &str = "cli";
+
 /// `replay …` options.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -251,6 +253,28 @@ pub enum RecordingsCmd {
     },
     /// Rebuild the search index from the stored recordings.
     Reindex,
+    /// Put a session's recording on legal hold (retention keeps it).
+    Hold {
+        /// Session id (or a unique prefix).
+        id: String,
+        /// Why (an incident or case number).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a legal hold.
+    Unhold {
+        /// Session id (or a unique prefix).
+        id: String,
+    },
+    /// List legal holds.
+    Holds {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the recordings retention says are due now (`[recordings] retain_days`; the server
+    /// does this daily).
+    Expire,
 }
 
 pub(crate) async fn recordings(config: &Path, cmd: RecordingsCmd) -> anyhow::Result<()> {
@@ -299,6 +323,33 @@ pub(crate) async fn recordings(config: &Path, cmd: RecordingsCmd) -> anyhow::Res
         RecordingsCmd::Reindex => {
             let n = crate::search::reindex(&app).await?;
             println!("Indexed {n} recording(s).");
+        }
+        RecordingsCmd::Hold { id, reason } => {
+            let id = evidence::export::resolve_session(&app, &id).await?;
+            crate::retention::hold(&app, ACTOR, &id, &reason).await?;
+            println!("Recording of session {id} is on legal hold.");
+        }
+        RecordingsCmd::Unhold { id } => {
+            let id = evidence::export::resolve_session(&app, &id).await?;
+            crate::retention::unhold(&app, ACTOR, &id).await?;
+            println!("Legal hold on session {id} lifted.");
+        }
+        RecordingsCmd::Holds { json } => {
+            let list = crate::retention::holds(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for h in list {
+                    println!("{}  {}  by {}  {}", h.session, crate::clock::fmt_ts(h.at), h.by, h.reason);
+                }
+            }
+        }
+        RecordingsCmd::Expire => {
+            if app.config.recordings.retain_days == 0 {
+                bail!("[recordings] retain_days is 0: recordings are kept forever");
+            }
+            let n = crate::retention::expire(&app, ACTOR).await?;
+            println!("Retention deleted {n} recording(s).");
         }
     }
     Ok(())

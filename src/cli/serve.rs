@@ -34,6 +34,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
         tracing::info!(key = %app.config.evidence_key_path().display(), "evidence signing key created");
     }
     crate::search::start(app.clone());
+    crate::retention::start(app.clone());
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;
