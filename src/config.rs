@@ -33,6 +33,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// Evidence bundles.
     pub evidence: EvidenceConfig,
+    /// Audit events streamed to SIEMs.
+    pub siem: SiemConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -246,6 +248,44 @@ impl Default for EvidenceConfig {
     }
 }
 
+/// `[siem]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiemConfig {
+    /// HOSTNAME in syslog messages (empty: the machine's host name).
+    pub hostname: String,
+    /// Where audit events go (`[[siem.destinations]]`).
+    pub destinations: Vec<SiemDestination>,
+}
+
+/// One `[[siem.destinations]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemDestination {
+    /// Name (the key of its cursor in the store; keep it when changing the address).
+    pub name: String,
+    /// `udp`, `tcp` (syslog RFC 5424; TCP with RFC 6587 octet counting) or `file` (JSON lines).
+    pub kind: SiemKind,
+    /// HOST:PORT for `udp` and `tcp`.
+    #[serde(default)]
+    pub address: String,
+    /// File for `file`.
+    #[serde(default)]
+    pub path: PathBuf,
+}
+
+/// Transport of a SIEM destination.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SiemKind {
+    /// Syslog over UDP (no delivery guarantee: a lost datagram is not resent).
+    Udp,
+    /// Syslog over TCP, octet counting.
+    Tcp,
+    /// JSON lines appended to a file (fsynced per batch).
+    File,
+}
+
 const SECTIONS: &[&str] = &[
     "ssh",
     "web",
@@ -258,6 +298,7 @@ const SECTIONS: &[&str] = &[
     "policies",
     "notifications",
     "evidence",
+    "siem",
 ];
 
 impl Config {
@@ -469,6 +510,14 @@ timeout_secs = 5
 # `penstock init`, or by `penstock serve` when missing. `penstock evidence key` prints its public
 # half: give that to auditors through another channel.
 key = "evidence_ed25519_key"
+
+[siem]
+# Audit events streamed in chain order, at least once (a cursor per destination in the store;
+# `penstock siem status` shows lag and errors). Syslog is RFC 5424 with structured data.
+# [[siem.destinations]]
+# name = "soc"
+# kind = "tcp"               # "tcp" (octet counting), "udp" or "file" (JSON lines)
+# address = "siem.plant:601" # or path = "/var/log/penstock-audit.jsonl" for "file"
 "#
     )
 }

@@ -24,6 +24,7 @@ pub mod retention;
 pub mod search;
 pub mod secret;
 pub mod sessions;
+pub mod siem;
 pub mod ssh;
 pub mod storage;
 pub mod store;

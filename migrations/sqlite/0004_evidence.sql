@@ -31,10 +31,14 @@ CREATE TABLE recording_deletions (
     files_gone BIGINT NOT NULL DEFAULT 0
 );
 
--- Per-destination position of SIEM shipping (last audit seq delivered).
+-- Per-destination position of SIEM shipping (last audit seq delivered), its last error, and the
+-- lease that lets one gateway of several ship.
 CREATE TABLE siem_cursors (
     destination TEXT PRIMARY KEY,
     seq         BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL,
-    last_error  TEXT
+    last_error  TEXT,
+    error_at    BIGINT,
+    holder      TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0
 );

@@ -354,3 +354,49 @@ pub(crate) async fn recordings(config: &Path, cmd: RecordingsCmd) -> anyhow::Res
     }
     Ok(())
 }
+
+/// `siem …`
+#[derive(Debug, Subcommand)]
+pub enum SiemCmd {
+    /// Each destination: events delivered, lag behind the chain's head, last error.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) async fn siem(config: &Path, cmd: SiemCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        SiemCmd::Status { json } => {
+            let list = crate::siem::status(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            if list.is_empty() {
+                println!("no SIEM destinations configured ([[siem.destinations]] in the config)");
+            }
+            for s in list {
+                let updated = s.updated_at.map(crate::clock::fmt_ts).unwrap_or_else(|| "never".into());
+                println!(
+                    "{} ({} {}): delivered {} of {} (lag {}), last delivery {}{}",
+                    s.name,
+                    s.kind,
+                    s.target,
+                    s.delivered,
+                    s.head,
+                    s.lag,
+                    updated,
+                    match (&s.last_error, s.error_at) {
+                        (Some(e), Some(at)) => format!("; last failure {}: {e}", crate::clock::fmt_ts(at)),
+                        (Some(e), None) => format!("; failing: {e}"),
+                        _ => String::new(),
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

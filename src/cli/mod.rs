@@ -77,6 +77,9 @@ pub enum Command {
     /// Recordings: full-text search, index, legal holds.
     #[command(subcommand)]
     Recordings(evidence::RecordingsCmd),
+    /// Audit events streamed to SIEMs (syslog, JSON lines).
+    #[command(subcommand)]
+    Siem(evidence::SiemCmd),
 }
 
 /// `policy …`
@@ -367,5 +370,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(a) => evidence::replay(&cli.config, a).await,
         Command::Evidence(c) => evidence::evidence_cmd(&cli.config, c).await,
         Command::Recordings(c) => evidence::recordings(&cli.config, c).await,
+        Command::Siem(c) => evidence::siem(&cli.config, c).await,
     }
 }

@@ -35,6 +35,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     }
     crate::search::start(app.clone());
     crate::retention::start(app.clone());
+    crate::siem::start(&app)?;
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;
@@ -54,6 +55,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         r = ssh_task => { r.context("ssh listener panicked")??; }
     }
+    crate::siem::release(&app).await;
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())
