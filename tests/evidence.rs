@@ -735,3 +735,74 @@ fn siem_delivers_every_event_through_outage_and_restart() {
     }
     gw.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bundles by request
+
+/// `evidence export --request N`: the request, its approval, the grant it issued, the sessions
+/// under that grant, and the chain segment from the request's creation to the session's end.
+#[test]
+fn bundle_of_a_request_holds_its_approvals_grant_and_sessions() {
+    let policy = format!(
+        "[policy]\nname = \"jit-single\"\n\n[match]\ntargets = [\"{TARGET}\"]\n\n[request]\nroles = [\"vendor\"]\n\n\
+         [approval]\napprover_roles = [\"manager\"]\nrequired = 1\n\n[limits]\nmax_duration = \"2h\"\n\n\
+         [channels]\nshell = true\nexec = true\nsftp = true\nforward = []\n"
+    );
+    let lab = Lab::with_options(Backend::Sqlite, &[("00-jit.toml", &policy)], &[]);
+    let v = lab.vendor_without_grant();
+    let m = lab.user_with_role("manager");
+    let id = common::block_on(async {
+        let app = lab.install.app().await;
+        app.load_policies().expect("policies");
+        let vendor = penstock::users::get(&app, &v.name).await.expect("vendor");
+        let manager = penstock::users::get(&app, &m.name).await.expect("manager");
+        let ask = penstock::access::requests::Ask {
+            target: TARGET.into(),
+            duration: 3600,
+            reason: "CHG-4711 firmware".into(),
+            start: None,
+        };
+        let r = penstock::access::requests::create(&app, &vendor, &ask).await.expect("request");
+        penstock::access::requests::approve(&app, &manager, r.id, Some("ok tonight")).await.expect("approve");
+        r.id
+    });
+    let out = run(&mut lab.ssh(&v, &["-tt"]), b"echo under-request-$((2*21))\nexit\n", T);
+    assert!(stdout(&out).contains("under-request-42"), "{}", stdout(&out));
+    let s = lab.ended_session(&v.name);
+    let bundle = lab.install.scratch().join("request.tar");
+    let b = bundle.to_str().expect("path");
+    let msg = lab.install.ok(&["evidence", "export", "--request", &id.to_string(), "-o", b]);
+    assert!(msg.contains("1 session(s), 1 recording file(s)"), "{msg}");
+    let key = evidence_pub(&lab);
+    lab.install.ok(&["evidence", "verify", b, "--key", key.to_str().expect("key")]);
+    let files = unpack(&bundle);
+    let json = |suffix: &str| -> Value {
+        serde_json::from_slice(&files.iter().find(|(p, _)| p.ends_with(suffix)).expect(suffix).1).expect("json")
+    };
+    assert_eq!(json("records/requests.json")[0]["id"], id);
+    assert_eq!(json("records/requests.json")[0]["reason"], "CHG-4711 firmware");
+    assert_eq!(json("records/approvals.json")[0]["approver"], m.name.as_str());
+    let grant = json("records/grants.json")[0].clone();
+    assert_eq!(grant["request_id"], id);
+    assert_eq!(json("records/sessions.json")[0]["id"], s["id"]);
+    assert_eq!(json("records/sessions.json")[0]["grant_id"], grant["id"]);
+    let seg = String::from_utf8(files.iter().find(|(p, _)| p.ends_with("audit/segment.jsonl")).expect("seg").1.clone())
+        .expect("utf8");
+    let kinds: Vec<String> = seg
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("event")["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("request.created"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("session.ended"), "{kinds:?}");
+    for k in ["request.approved", "grant.issued", "session.started"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    // An unknown request is a one-line error.
+    let msg = lab.install.fails(&["evidence", "export", "--request", "999", "-o", b]);
+    assert!(msg.contains("exists already") || msg.contains("unknown request"), "{msg}");
+    let other = lab.install.scratch().join("none.tar");
+    let msg = lab.install.fails(&["evidence", "export", "--request", "999", "-o", other.to_str().expect("p")]);
+    assert_eq!(msg, "unknown request 999");
+    assert!(!other.exists());
+    lab.finish();
+}
