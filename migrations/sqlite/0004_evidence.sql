@@ -1,12 +1,21 @@
 -- Evidence for auditors: the recordings search index, legal holds, SIEM cursors. Keep in step with ../postgres.
--- One row per indexed line of a recording (reconstructed input, output text, exec command, notes).
-CREATE VIRTUAL TABLE recording_text USING fts5(
-    text,
-    session_id UNINDEXED,
-    t UNINDEXED,
-    kind UNINDEXED,
-    tokenize = 'unicode61'
+-- One row per indexed line of a recording (reconstructed input, output text, exec command, notes),
+-- and its FTS5 index (external content, kept in step by triggers).
+CREATE TABLE recording_text (
+    id         INTEGER PRIMARY KEY,
+    text       TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    t          REAL NOT NULL,
+    kind       TEXT NOT NULL
 );
+CREATE INDEX recording_text_session ON recording_text (session_id);
+CREATE VIRTUAL TABLE recording_fts USING fts5(text, content = 'recording_text', content_rowid = 'id', tokenize = 'unicode61');
+CREATE TRIGGER recording_text_ai AFTER INSERT ON recording_text BEGIN
+    INSERT INTO recording_fts (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER recording_text_ad AFTER DELETE ON recording_text BEGIN
+    INSERT INTO recording_fts (recording_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
 
 -- Which recordings are indexed (a row claims a session for one indexer).
 CREATE TABLE recording_index (

@@ -23,7 +23,9 @@ use crate::store::Backend;
 /// Most lines indexed per recording (the rest is not searchable; replay still shows it).
 const MAX_LINES: usize = 200_000;
 /// Rows per INSERT statement.
-const BATCH: usize = 100;
+const BATCH: usize = 32;
+/// Rows per transaction.
+const TX_ROWS: usize = 5000;
 /// Most hits a search returns.
 pub const MAX_HITS: i64 = 2000;
 
@@ -55,6 +57,10 @@ pub async fn index_session(app: &App, session: &str, locator: &str) -> anyhow::R
     });
     sqlx::query("DELETE FROM recording_text WHERE session_id = $1").bind(session).execute(app.store.pool()).await?;
     let mut total = 0;
+    // Rows go in transactions of a few thousand: one commit (and fsync) per row batch would
+    // cost more than the parsing, and a long transaction would hold the store's write lock.
+    let mut tx = None;
+    let mut in_tx = 0;
     while let Some(batch) = rx.recv().await {
         let mut sql = String::from("INSERT INTO recording_text (text, session_id, t, kind) VALUES ");
         for i in 0..batch.len() {
@@ -68,8 +74,23 @@ pub async fn index_session(app: &App, session: &str, locator: &str) -> anyhow::R
         for (t, kind, text) in &batch {
             q = q.bind(text.clone()).bind(session.to_string()).bind(*t).bind(kind.label());
         }
-        q.execute(app.store.pool()).await?;
+        if tx.is_none() {
+            tx = Some(app.store.pool().begin().await?);
+        }
+        if let Some(t) = tx.as_mut() {
+            q.execute(&mut **t).await?;
+        }
         total += batch.len();
+        in_tx += batch.len();
+        if in_tx >= TX_ROWS {
+            if let Some(t) = tx.take() {
+                t.commit().await?;
+            }
+            in_tx = 0;
+        }
+    }
+    if let Some(t) = tx.take() {
+        t.commit().await?;
     }
     reader.await.context("indexer panicked")??;
     sqlx::query("UPDATE recording_index SET state = 'done', lines = $1, at = $2 WHERE session_id = $3")
@@ -220,16 +241,19 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
     if q.text.trim().is_empty() {
         anyhow::bail!("give words to search for");
     }
-    // FTS5 wants the table's own name on the left of MATCH, so SQLite gets no alias.
-    let (r, from, matcher, needle) = match app.store.backend() {
-        Backend::Sqlite => ("recording_text", "recording_text", "recording_text MATCH $1", fts5_phrase(q.text.trim())),
+    let (from, matcher, needle) = match app.store.backend() {
+        Backend::Sqlite => (
+            "recording_fts JOIN recording_text r ON r.id = recording_fts.rowid",
+            "recording_fts MATCH $1",
+            fts5_phrase(q.text.trim()),
+        ),
         Backend::Postgres => {
-            ("r", "recording_text r", "r.tsv @@ phraseto_tsquery('simple', $1)", q.text.trim().to_string())
+            ("recording_text r", "r.tsv @@ phraseto_tsquery('simple', $1)", q.text.trim().to_string())
         }
     };
     let mut sql = format!(
-        "SELECT {r}.session_id, {r}.t, {r}.kind, {r}.text, u.name, u.org, tg.name, s.started_at, s.end_reason \
-         FROM {from} JOIN sessions s ON s.id = {r}.session_id LEFT JOIN users u ON u.id = s.user_id \
+        "SELECT r.session_id, r.t, r.kind, r.text, u.name, u.org, tg.name, s.started_at, s.end_reason \
+         FROM {from} JOIN sessions s ON s.id = r.session_id LEFT JOIN users u ON u.id = s.user_id \
          LEFT JOIN targets tg ON tg.id = s.target_id WHERE {matcher}"
     );
     let mut n = 1;
@@ -252,7 +276,7 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
     if q.reason.is_some() {
         add(&mut sql, "s.end_reason = ?");
     }
-    sql.push_str(&format!(" ORDER BY s.started_at DESC, {r}.session_id, {r}.t LIMIT {MAX_HITS}"));
+    sql.push_str(&format!(" ORDER BY s.started_at DESC, r.session_id, r.t LIMIT {MAX_HITS}"));
     let mut query = sqlx::query(&sql).bind(needle);
     for v in [&q.user, &q.org].into_iter().flatten() {
         query = query.bind(v.clone());
