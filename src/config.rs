@@ -31,6 +31,10 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// Webhooks.
     pub notifications: NotificationsConfig,
+    /// Evidence bundles.
+    pub evidence: EvidenceConfig,
+    /// Audit events streamed to SIEMs.
+    pub siem: SiemConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -112,11 +116,13 @@ pub struct RecordingsConfig {
     pub enabled: bool,
     /// Refuse new sessions when less than this many MiB are free.
     pub min_free_mib: u64,
+    /// Delete recordings of sessions that ended more than this many days ago (0: keep them).
+    pub retain_days: u32,
 }
 
 impl Default for RecordingsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64 }
+        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64, retain_days: 0 }
     }
 }
 
@@ -228,8 +234,73 @@ impl Default for NotificationsConfig {
     }
 }
 
-const SECTIONS: &[&str] =
-    &["ssh", "web", "database", "recordings", "vault", "auth", "upstream", "log", "policies", "notifications"];
+/// `[evidence]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// Ed25519 key that signs evidence bundles (OpenSSH format; made by `init` and by `serve`
+    /// when missing).
+    pub key: PathBuf,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self { key: PathBuf::from("evidence_ed25519_key") }
+    }
+}
+
+/// `[siem]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiemConfig {
+    /// HOSTNAME in syslog messages (empty: the machine's host name).
+    pub hostname: String,
+    /// Where audit events go (`[[siem.destinations]]`).
+    pub destinations: Vec<SiemDestination>,
+}
+
+/// One `[[siem.destinations]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemDestination {
+    /// Name (the key of its cursor in the store; keep it when changing the address).
+    pub name: String,
+    /// `udp`, `tcp` (syslog RFC 5424; TCP with RFC 6587 octet counting) or `file` (JSON lines).
+    pub kind: SiemKind,
+    /// HOST:PORT for `udp` and `tcp`.
+    #[serde(default)]
+    pub address: String,
+    /// File for `file`.
+    #[serde(default)]
+    pub path: PathBuf,
+}
+
+/// Transport of a SIEM destination.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SiemKind {
+    /// Syslog over UDP (no delivery guarantee: a lost datagram is not resent).
+    Udp,
+    /// Syslog over TCP, octet counting.
+    Tcp,
+    /// JSON lines appended to a file (fsynced per batch).
+    File,
+}
+
+const SECTIONS: &[&str] = &[
+    "ssh",
+    "web",
+    "database",
+    "recordings",
+    "vault",
+    "auth",
+    "upstream",
+    "log",
+    "policies",
+    "notifications",
+    "evidence",
+    "siem",
+];
 
 impl Config {
     /// Reads `path`, applies `PENSTOCK_<SECTION>_<KEY>` overrides from the environment and
@@ -313,6 +384,11 @@ impl Config {
     pub fn host_key_path(&self) -> PathBuf {
         self.resolve(&self.ssh.host_key)
     }
+
+    /// Evidence signing key file.
+    pub fn evidence_key_path(&self) -> PathBuf {
+        self.resolve(&self.evidence.key)
+    }
 }
 
 /// A value from the environment: TOML if it parses as one, else a plain string.
@@ -392,6 +468,9 @@ url = "{database_url}"
 dir = "recordings"
 # New sessions are refused when the recordings disk has less free space than this.
 min_free_mib = 64
+# A daily job deletes recordings of sessions that ended more than this many days ago (0 keeps
+# them forever), each with a `recording.deleted` audit event; `recordings hold` exempts one.
+retain_days = 0
 
 [vault]
 # 32-byte master key that encrypts every vaulted secret. Under systemd, LoadCredential=master.key
@@ -426,6 +505,20 @@ webhooks = []
 attempts = 5
 backoff_secs = 2
 timeout_secs = 5
+
+[evidence]
+# Ed25519 key that signs evidence bundles (SSHSIG, namespace "penstock-evidence"); made by
+# `penstock init`, or by `penstock serve` when missing. `penstock evidence key` prints its public
+# half: give that to auditors through another channel.
+key = "evidence_ed25519_key"
+
+[siem]
+# Audit events streamed in chain order, at least once (a cursor per destination in the store;
+# `penstock siem status` shows lag and errors). Syslog is RFC 5424 with structured data.
+# [[siem.destinations]]
+# name = "soc"
+# kind = "tcp"               # "tcp" (octet counting), "udp" or "file" (JSON lines)
+# address = "siem.plant:601" # or path = "/var/log/penstock-audit.jsonl" for "file"
 "#
     )
 }

@@ -84,6 +84,18 @@ pub enum Event {
     PoliciesLoaded { count: i64 },
     /// A channel request was refused by policy.
     ChannelRefused { session: String, kind: String, detail: String },
+    /// Retention deleted a session's recording (and its side files).
+    RecordingDeleted {
+        session: String,
+        recording: String,
+        recording_sha256: Option<String>,
+        side_files: Vec<String>,
+        reason: String,
+    },
+    /// A recording was put on legal hold (retention keeps it).
+    RecordingHeld { session: String, reason: String, by: String },
+    /// A legal hold was lifted.
+    RecordingReleased { session: String, by: String },
     /// Legacy SSH algorithms towards a target were allowed or forbidden.
     TargetLegacyCrypto { target: String, allowed: bool },
     /// A gateway node started.
@@ -145,6 +157,9 @@ impl Event {
             Event::RequestExpired { .. } => "request.expired",
             Event::NotificationFailed { .. } => "notification.failed",
             Event::PoliciesLoaded { .. } => "policy.loaded",
+            Event::RecordingDeleted { .. } => "recording.deleted",
+            Event::RecordingHeld { .. } => "recording.held",
+            Event::RecordingReleased { .. } => "recording.released",
             Event::TargetLegacyCrypto { .. } => "target.legacy_crypto",
             Event::NodeStarted { .. } => "node.started",
             Event::SessionInterrupted { .. } => "session.interrupted",

@@ -44,6 +44,11 @@ fn compute_hash(seq: i64, at: i64, kind: &str, version: i64, actor: &str, detail
     hex::encode(h.finalize())
 }
 
+/// The hash a stored event must have (for checking exported segments offline).
+pub fn record_hash(r: &Record) -> String {
+    compute_hash(r.seq, r.at, &r.kind, r.version, &r.actor, r.details.get(), &r.prev_hash)
+}
+
 /// Appends `event` inside `tx` (which must come from [`Store::begin_write`]).
 pub async fn append(tx: &mut Tx, clock: &dyn Clock, actor: &str, event: &Event) -> Result<i64, sqlx::Error> {
     let last =

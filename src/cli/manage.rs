@@ -355,7 +355,14 @@ pub(crate) async fn audit(config: &Path, cmd: AuditCmd) -> anyhow::Result<()> {
             }
             match report.problems.first() {
                 None => {
-                    println!("recordings intact: {} files", report.intact);
+                    if report.deleted > 0 {
+                        println!(
+                            "recordings intact: {} files ({} recording(s) deleted by retention, each with a recording.deleted event)",
+                            report.intact, report.deleted
+                        );
+                    } else {
+                        println!("recordings intact: {} files", report.intact);
+                    }
                     Ok(())
                 }
                 Some(first) => anyhow::bail!(

@@ -1,5 +1,6 @@
 //! The `penstock` command line.
 
+pub mod evidence;
 pub mod fsutil;
 pub mod init;
 mod manage;
@@ -68,6 +69,17 @@ pub enum Command {
     /// Access policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Play a session's recording; or the screen at a moment (--at S --text), or a transcript.
+    Replay(evidence::ReplayArgs),
+    /// Signed evidence bundles for auditors.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCmd),
+    /// Recordings: full-text search, index, legal holds.
+    #[command(subcommand)]
+    Recordings(evidence::RecordingsCmd),
+    /// Audit events streamed to SIEMs (syslog, JSON lines).
+    #[command(subcommand)]
+    Siem(evidence::SiemCmd),
 }
 
 /// `policy …`
@@ -373,5 +385,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(c) => manage::session(&cli.config, c).await,
         Command::Audit(c) => manage::audit(&cli.config, c).await,
         Command::Policy(c) => manage::policy(&cli.config, c).await,
+        Command::Replay(a) => evidence::replay(&cli.config, a).await,
+        Command::Evidence(c) => evidence::evidence_cmd(&cli.config, c).await,
+        Command::Recordings(c) => evidence::recordings(&cli.config, c).await,
+        Command::Siem(c) => evidence::siem(&cli.config, c).await,
     }
 }

@@ -32,6 +32,12 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     crate::node::register(&mut app).await?;
     crate::recovery::on_start(&app).await?;
+    if crate::evidence::ensure_key(&app.config)? {
+        tracing::info!(key = %app.config.evidence_key_path().display(), "evidence signing key created");
+    }
+    crate::search::start(app.clone());
+    crate::retention::start(app.clone());
+    crate::siem::start(&app)?;
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;
@@ -51,6 +57,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         r = ssh_task => { r.context("ssh listener panicked")??; }
     }
+    crate::siem::release(&app).await;
     app.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -19,6 +19,8 @@ pub struct Report {
     pub intact: usize,
     /// One line per recording that did not.
     pub problems: Vec<String>,
+    /// Recordings retention deleted (each with its `recording.deleted` event): not problems.
+    pub deleted: usize,
 }
 
 /// SHA-256 and size of a file.
@@ -73,6 +75,7 @@ fn side_files(cast: &Path) -> std::io::Result<Vec<(String, u64, String)>> {
 /// Checks every recording named by a `session.ended` event.
 pub async fn check(store: &Store) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    let deleted = crate::retention::deleted(store).await?;
     let mut after = 0;
     loop {
         let batch = audit::read(store, after, 1000).await?;
@@ -89,6 +92,11 @@ pub async fn check(store: &Store) -> anyhow::Result<Report> {
                 continue; // not recorded, or ended before its recording could be closed
             };
             let path = PathBuf::from(path);
+            if deleted.contains_key(session) && !path.exists() {
+                // Deleted by retention, with its own audit event: not missing.
+                report.deleted += 1;
+                continue;
+            }
             check_one(&mut report, session, &path, sha);
         }
     }
@@ -128,6 +136,12 @@ fn compare(report: &mut Report, session: &str, what: &str, file: &Path, sha: &st
 fn check_one(report: &mut Report, session: &str, cast: &Path, sha: &str) {
     let shown = cast.display();
     match hash_file(cast) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.problems.push(format!(
+                "session {session}: recording {shown} is missing (no recording.deleted event: retention did not delete it)"
+            ));
+            return;
+        }
         Err(e) => {
             report.problems.push(format!("session {session}: recording {shown} cannot be read: {e}"));
             return;
