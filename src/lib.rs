@@ -18,6 +18,7 @@ pub mod keys;
 pub mod notify;
 pub mod policy;
 pub mod recording;
+pub mod rotation;
 pub mod secret;
 pub mod sessions;
 pub mod ssh;

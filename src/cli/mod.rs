@@ -3,6 +3,7 @@
 pub mod fsutil;
 pub mod init;
 mod manage;
+mod secrets;
 mod serve;
 
 use std::io::Read;
@@ -68,6 +69,9 @@ pub enum Command {
     /// Access policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Vaulted target secrets: age, rotation, use and reuse.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
 }
 
 /// `policy …`
@@ -217,6 +221,12 @@ pub enum TargetCmd {
         #[command(flatten)]
         credential: CredentialArgs,
     },
+    /// Rotate the target's secret now: change it on the target, verify a fresh login, then make
+    /// it active (prints the new version, never the secret).
+    Rotate {
+        /// Name.
+        name: String,
+    },
 }
 
 /// `grant …`
@@ -355,5 +365,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(c) => manage::session(&cli.config, c).await,
         Command::Audit(c) => manage::audit(&cli.config, c).await,
         Command::Policy(c) => manage::policy(&cli.config, c).await,
+        Command::Secrets(c) => secrets::secrets(&cli.config, c).await,
     }
 }
