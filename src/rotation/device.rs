@@ -60,13 +60,16 @@ fn scrub(text: &str, secrets: &[&Secret]) -> String {
 /// The last non-empty line of device output that reads like a refusal, else the last line.
 fn last_message(text: &str, secrets: &[&Secret]) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let has = |l: &&&str, words: &[&str]| {
+        let l = l.to_ascii_lowercase();
+        words.iter().any(|r| l.contains(r))
+    };
+    // The device's reason ("You must choose a longer password") beats its summary ("password
+    // unchanged").
     let pick = lines
         .iter()
-        .rev()
-        .find(|l| {
-            let l = l.to_ascii_lowercase();
-            REFUSALS.iter().any(|r| l.contains(r))
-        })
+        .find(|l| has(l, &REFUSALS[..6]))
+        .or_else(|| lines.iter().rev().find(|l| has(l, REFUSALS)))
         .or(lines.last())
         .copied()
         .unwrap_or("no message");
@@ -173,6 +176,13 @@ pub async fn change_password(conn: &Connection, old: &Secret, new: &Secret) -> a
                 zeroize::Zeroize::zeroize(&mut line);
                 if news == 2 {
                     super::test_pause("after_change").await;
+                    // A connection that is gone now may never deliver passwd's answer: decide by
+                    // logging in, not by whatever arrived before it broke.
+                    if conn.is_closed() {
+                        return Ok(Change::Unknown(
+                            "the connection to the target dropped before passwd answered".into(),
+                        ));
+                    }
                 }
             }
             Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
