@@ -504,7 +504,50 @@ fn report_shows_ages_and_shared_secrets(b: Backend) {
     lab.finish();
 }
 
+/// `max_age` goes by the injected clock: with the clock 31 days ahead the scheduler's pass
+/// rotates the 30-day policy's target, and the report calls its secret old before that.
+fn max_age_rotates_by_the_injected_clock(b: Backend) {
+    let login = account_name("age", b);
+    let initial = format!("Rot-Initial-{}", random_hex(6));
+    account(&login, &initial);
+    let sshd = Sshd::start_custom(false, &login, None, "");
+    let lab = Lab::with_options(b, &[("00-rotation.toml", POLICY)], &[]);
+    add_password_target(&lab, "rot-age", &sshd, &login, &initial);
+    let dir = lab.install.scratch();
+    let e = entry(&lab, "rot-age");
+    assert_eq!(e["max_age_secs"], 30 * 86400, "{e}");
+    assert_eq!(e["overdue"], false, "{e}");
+    block_on(async {
+        let mut app = lab.install.app().await;
+        let clock = std::sync::Arc::new(penstock::clock::ManualClock::new(now()));
+        app.clock = clock.clone();
+        app.load_policies().expect("policies");
+        // Young: nothing to do.
+        penstock::rotation::run_due(&app).await.expect("pass");
+        let young = penstock::rotation::report::build(&app).await.expect("report");
+        let young = young.iter().find(|e| e.target == "rot-age").expect("entry");
+        assert_eq!(young.version, Some(1));
+        clock.advance(31 * 86400);
+        let old = penstock::rotation::report::build(&app).await.expect("report");
+        let old = old.iter().find(|e| e.target == "rot-age").expect("entry");
+        assert!(old.overdue && old.age_secs.is_some_and(|a| a >= 31 * 86400), "{old:?}");
+        penstock::rotation::run_due(&app).await.expect("pass");
+        let after = penstock::rotation::report::build(&app).await.expect("report");
+        let after = after.iter().find(|e| e.target == "rot-age").expect("entry");
+        assert_eq!(after.version, Some(2), "{after:?}");
+        assert!(!after.overdue && after.age_secs == Some(0), "{after:?}");
+        app.store.close().await;
+    });
+    let new = String::from_utf8(vaulted(&lab, "rot-age")).expect("utf-8");
+    assert!(password_login(&dir, sshd.port, &login, &new));
+    assert!(!password_login(&dir, sshd.port, &login, &initial));
+    let started: Vec<Value> = lab.audit_events("target.rotation_started");
+    assert!(started.iter().any(|r| r["details"]["reason"] == "max_age"), "{started:?}");
+    lab.finish();
+}
+
 backend_tests! {
+    fn max_age_rotates_by_the_injected_clock;
     fn password_rotates_after_each_session;
     fn key_rotates_after_session;
     fn interrupted_by_kill9_recovers;

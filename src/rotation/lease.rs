@@ -69,6 +69,14 @@ pub async fn acquire(app: &App, target_id: i64, require_idle: bool) -> anyhow::R
         }
         tracing::warn!(target_id, holder, "taking over an abandoned rotation lease");
         sqlx::query("DELETE FROM rotation_locks WHERE target_id = $1").bind(target_id).execute(&mut *tx).await?;
+        // Its holder died mid-rotation: what it left in the vault is settled by the next attempt.
+        sqlx::query(
+            "UPDATE rotations SET outcome = 'interrupted', finished_at = $1 WHERE target_id = $2 AND outcome = 'running'",
+        )
+        .bind(now)
+        .bind(target_id)
+        .execute(&mut *tx)
+        .await?;
     }
     if require_idle {
         let live: i64 = sqlx::query("SELECT COUNT(*) FROM sessions WHERE target_id = $1 AND ended_at IS NULL")

@@ -647,14 +647,16 @@ pub fn start_scheduler(app: App) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(TICK).await;
-            if let Err(e) = tick(&app).await {
+            if let Err(e) = run_due(&app).await {
                 tracing::warn!(error = %e, "rotation scheduler");
             }
         }
     });
 }
 
-async fn tick(app: &App) -> anyhow::Result<()> {
+/// One pass of the scheduler: settles interrupted rotations, runs retries whose backoff is over
+/// and rotates secrets older than their policy's `max_age` (by `app.clock`).
+pub async fn run_due(app: &App) -> anyhow::Result<()> {
     let now = app.clock.now();
     for t in targets::list(app).await? {
         if t.credential_kind == CredentialKind::KeyboardInteractive {
