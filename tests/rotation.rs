@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::sshd::{now, run, Answers, Lab, Sshd, Vendor};
+use common::sshd::{now, run, Answers, Lab, Running, Sshd, Vendor};
 use common::{assert_ok, block_on, random_hex, ssh_keygen, Backend};
 use serde_json::Value;
 
@@ -398,6 +398,15 @@ fn dropped_connection_recovers(b: Backend) {
 
     // The target took the new password; its connection drops before passwd's answer arrives.
     wait_paused_after_change(&lab, &pause, &login, &before);
+    // A session that starts now waits for the rotation to finish, then uses the new password.
+    let w = lab.vendor_without_grant();
+    lab.grant(&w.name, "rot-drop", "2h");
+    let mut c = lab.client_with("ssh", &Answers { password: w.password.clone(), code: w.code() }, None);
+    c.arg(format!("{}@127.0.0.1", w.login("rot-drop"))).arg("id -un");
+    let mut waiting = Running::spawn(&mut c);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiting.alive(), "the new session must wait while the rotation runs");
+    assert!(lab.sessions(true).is_empty(), "no session may start during the rotation");
     drop_connections_of(&login);
     std::thread::sleep(Duration::from_secs(1));
     std::fs::remove_file(&pause).expect("unpause");
@@ -408,8 +417,8 @@ fn dropped_connection_recovers(b: Backend) {
     let current = String::from_utf8(vaulted(&lab, "rot-drop")).expect("utf-8");
     assert!(password_login(&dir, sshd.port, &login, &current));
     assert!(!password_login(&dir, sshd.port, &login, &initial));
-    // The vendor's next session works.
-    assert_eq!(vendor_session(&lab, &v, "rot-drop", v.code_at(now() + 30)), login);
+    let out = waiting.wait(Duration::from_secs(60)).expect("the waiting session ends");
+    assert_eq!(assert_ok("the session that waited", &out).trim(), login);
     wait_version(&lab, "rot-drop", 3);
     lab.finish();
 }
@@ -431,13 +440,59 @@ fn install_pam_rule() {
     std::fs::write(path, format!("{rule}{text}")).expect("write /etc/pam.d/passwd");
 }
 
+/// A webhook receiver: answers 200 to each POST and keeps its JSON body.
+fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://127.0.0.1:{}/hook", l.local_addr().expect("addr").port());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 8192];
+            // The sender closes nothing before our answer: read until the body is complete.
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                let len: usize = head
+                    .lines()
+                    .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    if let Ok(v) = serde_json::from_str::<Value>(&body[..len]) {
+                        keep.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                    }
+                    break;
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
 fn rejected_password_keeps_the_old_one(b: Backend) {
     install_pam_rule();
     let login = account_name("bad", b);
     let initial = format!("Rot-Initial-{}", random_hex(6));
     account(&login, &initial);
     let sshd = Sshd::start_custom(false, &login, None, "");
-    let lab = Lab::with_options(b, &[("00-rotation.toml", POLICY)], &[]);
+    let (url, posted) = webhook();
+    let hooks = format!("[\"{url}\"]");
+    let lab =
+        Lab::with_options(b, &[("00-rotation.toml", POLICY)], &[("PENSTOCK_NOTIFICATIONS_WEBHOOKS", hooks.as_str())]);
+    // The CLI reads the file (the gateway got the same through its environment).
+    let cfg = std::fs::read_to_string(lab.install.config_path()).expect("config");
+    assert!(cfg.contains("\nwebhooks = []\n"), "{cfg}");
+    std::fs::write(lab.install.config_path(), cfg.replace("\nwebhooks = []\n", &format!("\nwebhooks = {hooks}\n")))
+        .expect("config");
     add_password_target(&lab, "rot-bad", &sshd, &login, &initial);
     let dir = lab.install.scratch();
     let before = shadow_hash(&login);
@@ -456,10 +511,42 @@ fn rejected_password_keeps_the_old_one(b: Backend) {
     assert!(text.contains("last failure: change:"), "{text}");
     let kinds = audit_kinds(&lab);
     assert!(kinds.iter().any(|(k, a)| k == "target.rotation_failed" && a == "cli"), "{kinds:?}");
-    // The vendor still gets in with the old password.
+    let failed_posts = |n: usize| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: Vec<Value> = posted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|v| v["kind"] == "rotation.failed")
+                .cloned()
+                .collect();
+            if got.len() >= n || Instant::now() > end {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let got = failed_posts(1);
+    assert_eq!(got.len(), 1, "the CLI's failure must reach the webhook before it exits: {got:?}");
+    assert_eq!(got[0]["data"]["target"], "rot-bad", "{got:?}");
+    assert_eq!(got[0]["data"]["stage"], "change", "{got:?}");
+
+    // The vendor still gets in with the old password; the rotation after the session fails the
+    // same way in the gateway, is posted too, and the backoff grows.
     let v = lab.vendor_without_grant();
     lab.grant(&v.name, "rot-bad", "2h");
     assert_eq!(vendor_session(&lab, &v, "rot-bad", v.code()), login);
+    let got = failed_posts(2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[1]["text"].as_str().is_some_and(|t| t.contains("retry at")), "{got:?}");
+    let e = entry(&lab, "rot-bad");
+    assert_eq!(e["failures"], 2, "{e}");
+    assert!(e["next_retry"].as_i64().is_some_and(|t| t > now() + 90), "second retry waits longer: {e}");
+    assert!(password_login(&dir, sshd.port, &login, &initial));
+    for p in posted.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        assert!(!p.to_string().contains(&initial), "a secret in a webhook: {p}");
+    }
     lab.finish();
 }
 

@@ -22,7 +22,12 @@ pub enum SecretsCmd {
 /// Rotates `name` now; prints the new version, never the secret.
 pub(crate) async fn rotate(app: &App, name: &str) -> anyhow::Result<()> {
     app.load_policies()?;
-    match rotation::rotate(app, name, Reason::OnDemand, "cli").await? {
+    let mut app = app.clone();
+    app.start_notifier()?;
+    let result = rotation::rotate(&app, name, Reason::OnDemand, "cli").await;
+    // A failure (or success) is posted to the webhooks before the command exits.
+    app.notifier.flush(std::time::Duration::from_secs(60)).await;
+    match result? {
         Outcome::Rotated { version, recovered } => {
             if let Some((v, how)) = recovered {
                 println!("An interrupted rotation was settled first: version {v} {how}.");
