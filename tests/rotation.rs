@@ -633,7 +633,48 @@ fn max_age_rotates_by_the_injected_clock(b: Backend) {
     lab.finish();
 }
 
+/// For accounts that cannot change their own password (here: `chage -m 99999`, so `passwd`
+/// refuses), a separate admin account changes it with `sudo -n chpasswd`, the password on the
+/// command's standard input.
+fn admin_account_changes_the_password(b: Backend) {
+    let login = account_name("own", b);
+    let admin = account_name("adm", b);
+    let initial = format!("Rot-Initial-{}", random_hex(6));
+    let admin_pw = format!("Rot-Admin-{}", random_hex(6));
+    account(&login, &initial);
+    account(&admin, &admin_pw);
+    let out = Command::new("chage").args(["-m", "99999", &login]).output().expect("chage");
+    assert!(out.status.success(), "chage: {}", common::stderr(&out));
+    let sudoers = format!("{admin} ALL=(root) NOPASSWD: /usr/sbin/chpasswd\n");
+    let path = format!("/etc/sudoers.d/penstock-rotation-test-{admin}");
+    std::fs::write(&path, sudoers).expect("sudoers");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).expect("chmod");
+    let sshd = Sshd::start_custom(false, &format!("{login} {admin}"), None, "");
+    let policy = POLICY
+        .replace("\"rot-*\"", "\"own-*\"")
+        .replace("rotation-test", "rotation-admin-test")
+        .replace("[rotation]\n", "[rotation]\nadmin = \"root-{target}\"\ncommand = \"sudo -n /usr/sbin/chpasswd\"\n");
+    let lab = Lab::with_options(b, &[("00-rotation.toml", policy.as_str())], &[]);
+    add_password_target(&lab, "own-plc", &sshd, &login, &initial);
+    add_password_target(&lab, "root-own-plc", &sshd, &admin, &admin_pw);
+    let dir = lab.install.scratch();
+    let before = shadow_hash(&login);
+    let out = lab.install.ok(&["target", "rotate", "own-plc"]);
+    assert!(out.contains("rotated to version 2"), "{out}");
+    assert_ne!(shadow_hash(&login), before);
+    let new = String::from_utf8(vaulted(&lab, "own-plc")).expect("utf-8");
+    assert!(password_login(&dir, sshd.port, &login, &new));
+    assert!(!password_login(&dir, sshd.port, &login, &initial));
+    // The admin account's own secret is untouched.
+    assert_eq!(entry(&lab, "root-own-plc")["version"], 1);
+    assert!(password_login(&dir, sshd.port, &admin, &admin_pw));
+    nowhere(&lab, &sshd, &login, new.as_bytes());
+    let _ = std::fs::remove_file(&path);
+    lab.finish();
+}
+
 backend_tests! {
+    fn admin_account_changes_the_password;
     fn max_age_rotates_by_the_injected_clock;
     fn password_rotates_after_each_session;
     fn key_rotates_after_session;

@@ -434,6 +434,13 @@ mod tests {
         let bad_alpha = format!("{base}[rotation]\npassword = {{ length = 20, alphabet = \"emoji\" }}\n");
         let e = parse(Path::new("p.toml"), &bad_alpha).unwrap_err().to_string();
         assert!(e.starts_with("p.toml:13: rotation.password.alphabet"), "{e}");
+        let admin = format!("{base}[rotation]\nadmin = \"{{target}}-admin\"\n");
+        let r = parse(Path::new("p.toml"), &admin).unwrap().rotation.unwrap().admin.unwrap();
+        assert_eq!(r.target_for("plc1"), "plc1-admin");
+        assert_eq!(r.command, crate::rotation::rules::DEFAULT_ADMIN_COMMAND);
+        let orphan = format!("{base}[rotation]\ncommand = \"chpasswd\"\n");
+        let e = parse(Path::new("p.toml"), &orphan).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:13: rotation.command: give rotation.admin"), "{e}");
         let bad_age = format!("{base}[rotation]\nmax_age = \"often\"\n");
         let e = parse(Path::new("p.toml"), &bad_age).unwrap_err().to_string();
         assert!(e.starts_with("p.toml:13: rotation.max_age"), "{e}");

@@ -203,6 +203,54 @@ pub async fn change_password(conn: &Connection, old: &Secret, new: &Secret) -> a
     })
 }
 
+/// Runs the admin `command` without a PTY, writing `LOGIN:NEW` and a newline to its standard
+/// input (the password never is on a command line), and reports like [`change_password`].
+pub async fn change_password_as_admin(
+    conn: &Connection,
+    command: &str,
+    login: &str,
+    new: &Secret,
+) -> anyhow::Result<Change> {
+    anyhow::ensure!(
+        !login.is_empty() && !login.contains([':', '\n', '\r']),
+        "the login {login:?} cannot be given to the admin command"
+    );
+    let mut chan = conn.channel_open_session().await.context("cannot open a channel")?;
+    chan.exec(true, command.as_bytes()).await.context("cannot run the admin command")?;
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(login.len() + new.len() + 2));
+    line.extend_from_slice(login.as_bytes());
+    line.push(b':');
+    line.extend_from_slice(new.expose());
+    line.push(b'\n');
+    chan.data(&line[..]).await.context("cannot write to the admin command")?;
+    chan.eof().await.context("cannot close the admin command's input")?;
+    super::test_pause("after_change").await;
+    if conn.is_closed() {
+        return Ok(Change::Unknown("the connection to the admin account dropped before the command answered".into()));
+    }
+    let mut out = String::new();
+    let mut status = None;
+    let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, chan.wait()).await {
+            Err(_) => return Ok(Change::Unknown("the admin command did not finish in time".into())),
+            Ok(Some(ChannelMsg::Data { data })) | Ok(Some(ChannelMsg::ExtendedData { data, .. })) => {
+                if out.len() < KEEP {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+            Ok(Some(ChannelMsg::ExitStatus { exit_status })) => status = Some(exit_status),
+            Ok(Some(ChannelMsg::Close)) | Ok(None) => break,
+            Ok(Some(_)) => {}
+        }
+    }
+    Ok(match status {
+        Some(0) => Change::Done,
+        Some(code) => Change::Rejected(format!("{} (exit {code})", last_message(&out, &[new]))),
+        None => Change::Unknown("the admin command ended without an exit status".into()),
+    })
+}
+
 /// Runs `cmd` (no secret in it) without a PTY; returns its exit status and output (bounded).
 pub async fn run(conn: &Connection, cmd: &str) -> anyhow::Result<(Option<u32>, String)> {
     let mut chan = conn.channel_open_session().await.context("cannot open a channel")?;

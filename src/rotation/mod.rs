@@ -462,11 +462,26 @@ async fn run(app: &App, target: &Target, reason: Reason, actor: &str) -> Result<
 
 async fn rotate_password(app: &App, target: &Target, reason: Reason, actor: &str, w: &Working) -> Result<i64, Failure> {
     let kept = Some(w.version);
-    let new = rules_for(app, target).password.generate();
+    let rules = rules_for(app, target);
+    let new = rules.password.generate();
     let version = add_pending(app, target, &new, reason, actor).await.map_err(|e| Failure::new("vault", e, kept))?;
-    let conn = upstream::connect_as(app, target, actor, Some((CredentialKind::Password, &w.secret)))
-        .await
-        .map_err(|e| Failure::new("login", e, kept));
+    let conn = match &rules.admin {
+        // The account changes its own password with `passwd`, logged in with the current one.
+        None => upstream::connect_as(app, target, actor, Some((CredentialKind::Password, &w.secret)))
+            .await
+            .map_err(|e| Failure::new("login", e, kept)),
+        // Another account changes it.
+        Some(admin) => {
+            let name = admin.target_for(&target.name);
+            match targets::get(app, &name).await {
+                Ok(a) if a.id != target.id => {
+                    upstream::connect(app, &a, actor).await.map_err(|e| Failure::new("admin_login", e, kept))
+                }
+                Ok(_) => Err(Failure::new("admin_login", format!("{name} is the rotated target itself"), kept)),
+                Err(e) => Err(Failure::new("admin_login", format!("admin target: {e}"), kept)),
+            }
+        }
+    };
     let conn = match conn {
         Ok(c) => c,
         Err(f) => {
@@ -474,7 +489,10 @@ async fn rotate_password(app: &App, target: &Target, reason: Reason, actor: &str
             return Err(f);
         }
     };
-    let change = device::change_password(&conn, &w.secret, &new).await;
+    let change = match &rules.admin {
+        None => device::change_password(&conn, &w.secret, &new).await,
+        Some(admin) => device::change_password_as_admin(&conn, &admin.command, &target.login, &new).await,
+    };
     let _ = conn.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     drop(conn);
     match change {

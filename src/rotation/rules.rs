@@ -5,6 +5,10 @@
 //! after_session = true        # when the last vendor session on the target ends
 //! max_age = "30d"             # and whenever the secret gets older than this
 //! password = { length = 20, alphabet = "alnum" }   # what the device accepts
+//! # for accounts that cannot change their own password: another target (`{target}` is the
+//! # rotated target's name) logs in and runs a command reading `LOGIN:NEWPASSWORD` on stdin
+//! admin = "{target}-admin"
+//! command = "sudo -n /usr/sbin/chpasswd"
 //! ```
 
 use std::path::Path;
@@ -26,6 +30,10 @@ pub struct Spec {
     max_age: Option<Spanned<String>>,
     #[serde(default)]
     password: Option<Spanned<PasswordSpec>>,
+    #[serde(default)]
+    admin: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +140,29 @@ pub struct Rules {
     pub max_age: Option<i64>,
     /// Generated passwords.
     pub password: PasswordRule,
+    /// Change passwords through another account instead of `passwd` as the account itself.
+    pub admin: Option<Admin>,
+}
+
+/// A password change made by another account: `target` (a target name, `{target}` standing
+/// for the rotated target's) logs in and runs `command`, which reads `LOGIN:NEWPASSWORD` and a
+/// newline on standard input (as `chpasswd` does), so the password is never on a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Target whose vaulted credential logs in as the admin account.
+    pub target: String,
+    /// Command run there.
+    pub command: String,
+}
+
+/// The command an admin account runs when the policy names none.
+pub const DEFAULT_ADMIN_COMMAND: &str = "sudo -n chpasswd";
+
+impl Admin {
+    /// The admin target's name for `target`.
+    pub fn target_for(&self, target: &str) -> String {
+        self.target.replace("{target}", target)
+    }
 }
 
 fn line_of(text: &str, at: usize) -> usize {
@@ -169,7 +200,37 @@ impl Spec {
             }
             None => PasswordRule::default(),
         };
-        Ok(Rules { after_session: self.after_session, max_age, password })
+        let admin = match (&self.admin, &self.command) {
+            (Some(a), c) => {
+                if a.get_ref().trim().is_empty() {
+                    return Err(anyhow!(
+                        "{}:{}: rotation.admin: name a target",
+                        path.display(),
+                        line_of(text, a.span().start)
+                    ));
+                }
+                let command = c.as_ref().map(|c| c.get_ref().trim().to_string()).unwrap_or_default();
+                if c.is_some() && command.is_empty() {
+                    let at = c.as_ref().map(|c| c.span().start).unwrap_or(0);
+                    return Err(anyhow!(
+                        "{}:{}: rotation.command: must not be empty",
+                        path.display(),
+                        line_of(text, at)
+                    ));
+                }
+                let command = if command.is_empty() { DEFAULT_ADMIN_COMMAND.to_string() } else { command };
+                Some(Admin { target: a.get_ref().trim().to_string(), command })
+            }
+            (None, Some(c)) => {
+                return Err(anyhow!(
+                    "{}:{}: rotation.command: give rotation.admin too (the target that runs it)",
+                    path.display(),
+                    line_of(text, c.span().start)
+                ))
+            }
+            (None, None) => None,
+        };
+        Ok(Rules { after_session: self.after_session, max_age, password, admin })
     }
 }
 
