@@ -24,6 +24,7 @@ pub mod recovery;
 pub mod replay;
 pub mod retention;
 pub mod search;
+pub mod rotation;
 pub mod secret;
 pub mod sessions;
 pub mod siem;

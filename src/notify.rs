@@ -26,6 +26,9 @@ struct Note {
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
     tx: Option<mpsc::Sender<Note>>,
+    /// Deliveries (note × URL) queued or in flight, for [`Notifier::flush`].
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    urls: usize,
 }
 
 /// Where to post.
@@ -48,7 +51,10 @@ impl Notifier {
             return Notifier::default();
         }
         let (tx, mut rx) = mpsc::channel::<Note>(QUEUE);
+        let urls = settings.urls.len();
         let settings = Arc::new(settings);
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = pending.clone();
         tokio::spawn(async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(8));
             while let Some(note) = rx.recv().await {
@@ -56,21 +62,35 @@ impl Notifier {
                 for url in settings.urls.clone() {
                     let Ok(permit) = limit.clone().acquire_owned().await else { return };
                     let (note, settings, store, clock) = (note.clone(), settings.clone(), store.clone(), clock.clone());
+                    let left = left.clone();
                     tokio::spawn(async move {
                         deliver(&url, &note, &settings, &store, &clock).await;
+                        left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         drop(permit);
                     });
                 }
             }
         });
-        Notifier { tx: Some(tx) }
+        Notifier { tx: Some(tx), pending, urls }
+    }
+
+    /// Waits until every queued notification was delivered (or finally failed), at most
+    /// `within`: for short-lived commands (`penstock target rotate`) that must not exit before
+    /// their notifications went out.
+    pub async fn flush(&self, within: Duration) {
+        let end = tokio::time::Instant::now() + within;
+        while self.pending.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Queues a notification of `kind` with the human `text` and structured `data`.
     pub fn send(&self, kind: &str, text: String, data: serde_json::Value) {
         let Some(tx) = &self.tx else { return };
         let body = json!({ "kind": kind, "text": text, "data": data }).to_string();
+        self.pending.fetch_add(self.urls, std::sync::atomic::Ordering::SeqCst);
         if tx.try_send(Note { kind: kind.to_string(), body }).is_err() {
+            self.pending.fetch_sub(self.urls, std::sync::atomic::Ordering::SeqCst);
             tracing::warn!(kind, "notification queue full; notification dropped");
         }
     }

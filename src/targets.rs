@@ -312,7 +312,7 @@ pub async fn set_secret(app: &App, actor: &str, name: &str, kind: CredentialKind
 
 /// The current credential of a target. Only the upstream connector calls this.
 pub async fn credential(app: &App, target: &Target) -> Result<Secret> {
-    let row = sqlx::query("SELECT kind, version, ciphertext FROM secrets WHERE owner_kind = 'target' AND owner_id = $1 ORDER BY version DESC LIMIT 1")
+    let row = sqlx::query("SELECT kind, version, ciphertext FROM secrets WHERE owner_kind = 'target' AND owner_id = $1 AND state = 'active' ORDER BY version DESC LIMIT 1")
         .bind(target.id)
         .fetch_optional(app.store.pool())
         .await?

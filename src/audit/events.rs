@@ -84,6 +84,13 @@ pub enum Event {
     PoliciesLoaded { count: i64 },
     /// A channel request was refused by policy.
     ChannelRefused { session: String, kind: String, detail: String },
+    /// A rotation sealed a new pending secret version and is about to change the target.
+    RotationStarted { target: String, reason: String, version: i64 },
+    /// A rotation failed; the target keeps the secret that works (`kept_version`).
+    RotationFailed { target: String, reason: String, stage: String, error: String, kept_version: Option<i64> },
+    /// An interrupted rotation was settled by trying every vaulted candidate: `outcome` is
+    /// `promoted` (the new version works and is now active) or `kept` (the old one still works).
+    RotationRecovered { target: String, version: i64, outcome: String },
     /// Retention deleted a session's recording (and its side files).
     RecordingDeleted {
         session: String,
@@ -157,6 +164,9 @@ impl Event {
             Event::RequestExpired { .. } => "request.expired",
             Event::NotificationFailed { .. } => "notification.failed",
             Event::PoliciesLoaded { .. } => "policy.loaded",
+            Event::RotationStarted { .. } => "target.rotation_started",
+            Event::RotationFailed { .. } => "target.rotation_failed",
+            Event::RotationRecovered { .. } => "target.rotation_recovered",
             Event::RecordingDeleted { .. } => "recording.deleted",
             Event::RecordingHeld { .. } => "recording.held",
             Event::RecordingReleased { .. } => "recording.released",

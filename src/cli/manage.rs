@@ -249,6 +249,7 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
             let v = targets::set_secret(&app, ACTOR, &name, kind, secret).await?;
             println!("Credential of {name} rotated to version {v}.");
         }
+        TargetCmd::Rotate { name } => super::secrets::rotate(&app, &name).await?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod evidence;
 pub mod fsutil;
 pub mod init;
 mod manage;
+mod secrets;
 mod serve;
 
 use std::io::Read;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Audit events streamed to SIEMs (syslog, JSON lines).
     #[command(subcommand)]
     Siem(evidence::SiemCmd),
+    /// Vaulted target secrets: age, rotation, use and reuse.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
 }
 
 /// `policy …`
@@ -247,6 +251,12 @@ pub enum TargetCmd {
         #[command(flatten)]
         credential: CredentialArgs,
     },
+    /// Rotate the target's secret now: change it on the target, verify a fresh login, then make
+    /// it active (prints the new version, never the secret).
+    Rotate {
+        /// Name.
+        name: String,
+    },
 }
 
 /// `grant …`
@@ -389,5 +399,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evidence(c) => evidence::evidence_cmd(&cli.config, c).await,
         Command::Recordings(c) => evidence::recordings(&cli.config, c).await,
         Command::Siem(c) => evidence::siem(&cli.config, c).await,
+        Command::Secrets(c) => secrets::secrets(&cli.config, c).await,
     }
 }

@@ -41,6 +41,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     let n = app.load_policies()?;
     tracing::info!(policies = n, dir = %app.config.policies_dir().display(), "policies loaded");
     app.start_notifier()?;
+    crate::rotation::start_scheduler(app.clone());
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let reload_app = app.clone();

@@ -30,6 +30,8 @@ struct File {
     windows: Vec<WindowSpec>,
     #[serde(default)]
     channels: ChannelsSpec,
+    #[serde(default)]
+    rotation: Option<crate::rotation::rules::Spec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +181,8 @@ pub struct Policy {
     pub windows: Vec<Window>,
     /// Channel rules.
     pub channels: Channels,
+    /// Secret rotation rules (`[rotation]`), if any.
+    pub rotation: Option<crate::rotation::rules::Rules>,
 }
 
 /// Matches `name` against a glob with `*` and `?`.
@@ -294,6 +298,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Policy> {
             bail!("{}: match.tags: unknown tag {k:?} (site, zone or criticality)", path.display());
         }
     }
+    let rotation = f.rotation.as_ref().map(|r| r.compile(path, text)).transpose()?;
     Ok(Policy {
         name: f.policy.name,
         description: f.policy.description,
@@ -307,6 +312,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Policy> {
         idle_timeout,
         windows,
         channels: Channels { shell: f.channels.shell, exec: f.channels.exec, sftp: f.channels.sftp, forward },
+        rotation,
     })
 }
 
@@ -411,5 +417,32 @@ mod tests {
         let text4 = text.replace("4q", "4h").replace("required = 2", "required = 2\nquorum = 1");
         let e = parse(Path::new("p.toml"), &text4).unwrap_err().to_string();
         assert!(e.contains("p.toml:10") && e.contains("quorum"), "{e}");
+    }
+
+    #[test]
+    fn rotation_section() {
+        let base = "[policy]\nname = \"x\"\n[match]\ntargets = [\"a\"]\n[request]\nroles = [\"vendor\"]\n[approval]\napprover_roles = [\"manager\"]\nrequired = 1\n[limits]\nmax_duration = \"4h\"\n";
+        let ok = format!("{base}[rotation]\nafter_session = true\nmax_age = \"30d\"\npassword = {{ length = 24, alphabet = \"symbols\" }}\n");
+        let p = parse(Path::new("p.toml"), &ok).unwrap();
+        let r = p.rotation.unwrap();
+        assert!(r.after_session);
+        assert_eq!(r.max_age, Some(30 * 86400));
+        assert_eq!(r.password.length, 24);
+        let bad_key = format!("{base}[rotation]\nafter_sesion = true\n");
+        let e = parse(Path::new("p.toml"), &bad_key).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:13") && e.contains("after_sesion") && !e.contains('\n'), "{e}");
+        let bad_alpha = format!("{base}[rotation]\npassword = {{ length = 20, alphabet = \"emoji\" }}\n");
+        let e = parse(Path::new("p.toml"), &bad_alpha).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:13: rotation.password.alphabet"), "{e}");
+        let admin = format!("{base}[rotation]\nadmin = \"{{target}}-admin\"\n");
+        let r = parse(Path::new("p.toml"), &admin).unwrap().rotation.unwrap().admin.unwrap();
+        assert_eq!(r.target_for("plc1"), "plc1-admin");
+        assert_eq!(r.command, crate::rotation::rules::DEFAULT_ADMIN_COMMAND);
+        let orphan = format!("{base}[rotation]\ncommand = \"chpasswd\"\n");
+        let e = parse(Path::new("p.toml"), &orphan).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:13: rotation.command: give rotation.admin"), "{e}");
+        let bad_age = format!("{base}[rotation]\nmax_age = \"often\"\n");
+        let e = parse(Path::new("p.toml"), &bad_age).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:13: rotation.max_age"), "{e}");
     }
 }

@@ -374,6 +374,7 @@ impl ChannelTask {
         wr: Wr,
         eof_seen: bool,
     ) {
+        crate::rotation::wait_if_rotating(&app, &target).await;
         let up = match self.upstream(&app, &target).await {
             Ok(u) => u,
             Err(e) => {
@@ -488,6 +489,7 @@ impl ChannelTask {
             tracing::error!(session = %id, error = %e, "cannot store session end");
         }
         self.shared.registry.remove(&id);
+        crate::rotation::session_ended(&app, &target);
         app.notifier.send(
             "session.ended",
             format!("Penstock: session {id} of {} on {} ended ({}).", self.who.name, target.name, reason.as_str()),
@@ -628,6 +630,7 @@ impl Forward {
             tracing::error!(session = %id, error = %e, "cannot store forward end");
         }
         self.shared.registry.remove(&id);
+        crate::rotation::session_ended(&app, &target);
     }
 }
 

@@ -143,6 +143,17 @@ pub enum UpstreamError {
 
 /// Connects to `target` and logs in with its vaulted credential.
 pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connection, UpstreamError> {
+    connect_as(app, target, actor, None).await
+}
+
+/// Like [`connect`], logging in with `with` (kind, secret) instead of the active vaulted
+/// credential when given: rotation verifies candidate secrets this way.
+pub async fn connect_as(
+    app: &App,
+    target: &Target,
+    actor: &str,
+    with: Option<(CredentialKind, &Secret)>,
+) -> Result<Connection, UpstreamError> {
     let name = target.name.clone();
     let cfg = &app.config.upstream;
     let tcp = tokio::time::timeout(
@@ -192,11 +203,18 @@ pub async fn connect(app: &App, target: &Target, actor: &str) -> Result<Connecti
         (Ok(Err(e)), None) => return Err(UpstreamError::Unreachable(name, format!("SSH handshake failed: {e}"))),
         (Ok(Ok(c)), None) => c,
     };
-    let secret = targets::credential(app, target).await.map_err(|e| {
-        tracing::error!(target = %name, error = %e, "cannot open vaulted credential");
-        UpstreamError::Login(name.clone())
-    })?;
-    let ok = tokio::time::timeout(handshake, login(&mut conn, &target.login, target.credential_kind, &secret))
+    let vaulted;
+    let (kind, secret) = match with {
+        Some(given) => given,
+        None => {
+            vaulted = targets::credential(app, target).await.map_err(|e| {
+                tracing::error!(target = %name, error = %e, "cannot open vaulted credential");
+                UpstreamError::Login(name.clone())
+            })?;
+            (target.credential_kind, &vaulted)
+        }
+    };
+    let ok = tokio::time::timeout(handshake, login(&mut conn, &target.login, kind, secret))
         .await
         .map_err(|_| UpstreamError::Login(name.clone()))?
         .map_err(|e| {

@@ -289,6 +289,15 @@ impl Sshd {
     /// Like [`Sshd::start_with`] with `extra` lines (e.g. `AcceptEnv *\n`) appended to its
     /// config (they must not repeat an option set here: sshd takes the first value).
     pub fn start_extra(sftp: bool, extra: &str) -> Sshd {
+        Sshd::start_custom(sftp, TARGET_LOGIN, None, extra)
+    }
+
+    /// Like [`Sshd::start_extra`], letting in the space-separated `allow_users` instead of
+    /// [`TARGET_LOGIN`] and, with `authorized_keys`, using that `AuthorizedKeysFile` (e.g.
+    /// `.ssh/authorized_keys`, each account's own) instead of the shared file of
+    /// [`Sshd::authorize`]. For tests that change an account (rotation) without disturbing the
+    /// accounts other test binaries use.
+    pub fn start_custom(sftp: bool, allow_users: &str, authorized_keys: Option<&str>, extra: &str) -> Sshd {
         ensure_target_account();
         let dir = tempfile::Builder::new().prefix("penstock-sshd-").tempdir().expect("temp dir");
         // The target account reads authorized_keys with its own rights.
@@ -308,10 +317,10 @@ impl Sshd {
              PasswordAuthentication yes\n\
              KbdInteractiveAuthentication no\n\
              PubkeyAuthentication yes\n\
-             AuthorizedKeysFile {ak}\n\
+             AuthorizedKeysFile {akf}\n\
              StrictModes no\n\
              PermitRootLogin no\n\
-             AllowUsers {TARGET_LOGIN}\n\
+             AllowUsers {allow_users}\n\
              {subsystem}\
              PrintMotd no\n\
              PrintLastLog no\n\
@@ -322,7 +331,7 @@ impl Sshd {
              {extra}",
             hk = d.join("ssh_host_ed25519_key").display(),
             pid = d.join("sshd.pid").display(),
-            ak = ak.display(),
+            akf = authorized_keys.map(str::to_string).unwrap_or_else(|| ak.display().to_string()),
             subsystem = if sftp { "Subsystem sftp internal-sftp\n" } else { "" },
         );
         let cfg = d.join("sshd_config");
