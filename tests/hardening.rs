@@ -388,6 +388,14 @@ fn plink_slow(lab: &Lab, v: &Vendor, delay: Duration) -> (String, String) {
     );
     let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux");
     assert!(tmux(&["new-session", "-d", "-x", "200", "-y", "50", "-s", &session, &cmd]).status.success());
+    // Whatever happens below, the tmux session goes.
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+        }
+    }
+    let _kill = Kill(session.clone());
     let screen = || stdout(&tmux(&["capture-pane", "-p", "-t", &session]));
     let wait_for = |what: &str| {
         let end = Instant::now() + Duration::from_secs(30);
@@ -411,7 +419,6 @@ fn plink_slow(lab: &Lab, v: &Vendor, delay: Duration) -> (String, String) {
     }
     let text = screen();
     let code = std::fs::read_to_string(&out).unwrap_or_default();
-    tmux(&["kill-session", "-t", &session]);
     (text, code)
 }
 
