@@ -205,7 +205,7 @@ fn half_open_handshakes_do_not_lock_out_other_sources() {
     // has not finished key exchange, so at most 8 stay open.
     let mut silent: Vec<TcpStream> = (0..40).filter_map(|_| TcpStream::connect(addr).ok()).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let open = silent.iter_mut().filter(|s| still_open(s)).count();
+    let open = silent.iter_mut().map(still_open).filter(|open| *open).count();
     assert!(open <= 8, "{open} silent connections from one source are still held (limit 8)");
     assert!(open >= 1, "the newest silent connections should still be open");
     // One that sends garbage instead of an identification line.
