@@ -247,9 +247,7 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
             "recording_fts MATCH $1",
             fts5_phrase(q.text.trim()),
         ),
-        Backend::Postgres => {
-            ("recording_text r", "r.tsv @@ phraseto_tsquery('simple', $1)", q.text.trim().to_string())
-        }
+        Backend::Postgres => ("recording_text r", "r.tsv @@ phraseto_tsquery('simple', $1)", q.text.trim().to_string()),
     };
     let mut sql = format!(
         "SELECT r.session_id, r.t, r.kind, r.text, u.name, u.org, tg.name, s.started_at, s.end_reason \
