@@ -862,3 +862,91 @@ fn bundle_of_a_request_holds_its_approvals_grant_and_sessions() {
     assert!(!other.exists());
     lab.finish();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Playback in a real terminal
+
+/// A private tmux server, killed when dropped.
+struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.sock).env("TERM", "xterm-256color");
+        c
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) {
+        let out = run(self.cmd().args(args), b"", T);
+        assert_ok(&format!("tmux {args:?}"), &out);
+    }
+
+    fn screen(&self) -> String {
+        stdout(&run(self.cmd().args(["capture-pane", "-p", "-t", "t"]), b"", T))
+    }
+
+    #[track_caller]
+    fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "{what}: not on screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// `penstock replay` in a real terminal (tmux): space pauses, → and ← seek 5 s, + speeds up, q
+/// quits and gives the terminal back.
+#[test]
+fn replay_in_a_terminal_pauses_seeks_and_quits() {
+    let lab = Lab::new(Backend::Sqlite);
+    let v = lab.vendor();
+    // STEP-1 at ~0 s, STEP-2 at ~3 s, STEP-3 at ~9 s.
+    typed_session(
+        &lab,
+        &v,
+        &[(0, "echo STEP-$((0+1))\n"), (3000, "echo STEP-$((1+1))\n"), (6000, "echo STEP-$((2+1))\n"), (300, "exit\n")],
+    );
+    let id = lab.ended_session(&v.name)["id"].as_str().expect("id").to_string();
+    let tmux = Tmux { sock: lab.install.scratch().join("tmux.sock") };
+    let cmdline = format!(
+        "P={}; C='{}'; $P -c $C replay {id}; echo REPLAY-ENDED-$?; sleep 3; $P -c $C replay {id} --speed 8; echo AGAIN-$?; sleep 60",
+        common::BIN,
+        lab.install.config_path().display()
+    );
+    tmux.ok(&["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", &cmdline]);
+    tmux.wait_for("STEP-1", |s| s.contains("STEP-1"));
+    tmux.ok(&["send-keys", "-t", "t", "Space"]);
+    std::thread::sleep(Duration::from_millis(3500));
+    let s = tmux.screen();
+    assert!(!s.contains("STEP-2"), "paused, yet playback went on:\n{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Right"]);
+    let s = tmux.wait_for("seek forward", |s| s.contains("STEP-2"));
+    assert!(!s.contains("STEP-3"), "seeking 5 s forward went too far:\n{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Left"]);
+    let s = tmux.wait_for("seek back", |s| !s.contains("STEP-2"));
+    assert!(s.contains("STEP-1"), "{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Space"]);
+    tmux.ok(&["send-keys", "-t", "t", "+"]);
+    tmux.ok(&["send-keys", "-t", "t", "q"]);
+    // Quitting gives the terminal back as it was (the alternate screen is left).
+    let s = tmux.wait_for("quit", |s| s.contains("REPLAY-ENDED-0"));
+    assert!(!s.contains("STEP-1"), "{s}");
+    // Played to its end (at 8x), the last screen stays in view.
+    let s = tmux.wait_for("the second playback ends", |s| s.contains("AGAIN-0"));
+    assert!(s.contains("REPLAY-ENDED-0"), "the final screen is written below what was there:\n{s}");
+    assert!(s.contains("STEP-1") && s.contains("STEP-2") && s.contains("STEP-3"), "{s}");
+}
