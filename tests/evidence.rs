@@ -537,7 +537,7 @@ fn retention_deletes_old_recordings_except_held_ones() {
     let out = lab.install.run(&["audit", "verify"]);
     let msg = common::assert_fails("audit verify", &out);
     assert!(msg.contains(&ids[2].0), "{msg}");
-    assert!(stdout(&out).contains("is missing (no recording.deleted event"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("cannot be read: it is missing (no recording.deleted event"), "{}", stdout(&out));
     assert!(!stdout(&out).contains(&format!("session {}:", ids[0].0)), "{}", stdout(&out));
 }
 
