@@ -265,11 +265,18 @@ pub struct SiemConfig {
 pub struct SiemDestination {
     /// Name (the key of its cursor in the store; keep it when changing the address).
     pub name: String,
-    /// `udp`, `tcp` (syslog RFC 5424; TCP with RFC 6587 octet counting) or `file` (JSON lines).
+    /// `udp`, `tcp`, `tls` (syslog RFC 5424; TCP with RFC 6587 octet counting, TLS per RFC
+    /// 5425) or `file` (JSON lines).
     pub kind: SiemKind,
-    /// HOST:PORT for `udp` and `tcp`.
+    /// HOST:PORT for `udp`, `tcp` and `tls`.
     #[serde(default)]
     pub address: String,
+    /// `tls`: PEM file of the CA certificate(s) the receiver's certificate must chain to.
+    #[serde(default)]
+    pub ca: PathBuf,
+    /// `tls`: the name the receiver's certificate must hold (default: the host of `address`).
+    #[serde(default)]
+    pub server_name: String,
     /// File for `file`.
     #[serde(default)]
     pub path: PathBuf,
@@ -283,6 +290,8 @@ pub enum SiemKind {
     Udp,
     /// Syslog over TCP, octet counting.
     Tcp,
+    /// Syslog over TLS (RFC 5425), octet counting; the receiver's certificate is checked.
+    Tls,
     /// JSON lines appended to a file (fsynced per batch).
     File,
 }
@@ -517,8 +526,9 @@ key = "evidence_ed25519_key"
 # `penstock siem status` shows lag and errors). Syslog is RFC 5424 with structured data.
 # [[siem.destinations]]
 # name = "soc"
-# kind = "tcp"               # "tcp" (octet counting), "udp" or "file" (JSON lines)
-# address = "siem.plant:601" # or path = "/var/log/penstock-audit.jsonl" for "file"
+# kind = "tls"               # "tls" (RFC 5425), "tcp" (octet counting), "udp" or "file" (JSON lines)
+# address = "siem.plant:6514" # or path = "/var/log/penstock-audit.jsonl" for "file"
+# ca = "/etc/penstock/siem-ca.pem"   # tls: the CA the receiver's certificate chains to
 "#
     )
 }

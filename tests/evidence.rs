@@ -537,7 +537,7 @@ fn retention_deletes_old_recordings_except_held_ones() {
     let out = lab.install.run(&["audit", "verify"]);
     let msg = common::assert_fails("audit verify", &out);
     assert!(msg.contains(&ids[2].0), "{msg}");
-    assert!(stdout(&out).contains("is missing (no recording.deleted event"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("cannot be read: it is missing (no recording.deleted event"), "{}", stdout(&out));
     assert!(!stdout(&out).contains(&format!("session {}:", ids[0].0)), "{}", stdout(&out));
 }
 
@@ -550,20 +550,63 @@ struct Rsyslog {
     dir: tempfile::TempDir,
     tcp: u16,
     udp: u16,
+    tls: bool,
     child: Option<std::process::Child>,
 }
 
 impl Rsyslog {
     fn start() -> Rsyslog {
         let dir = tempfile::Builder::new().prefix("penstock-rsyslog-").tempdir().expect("temp dir");
-        let mut r = Rsyslog { dir, tcp: common::sshd::free_port(), udp: common::sshd::free_port(), child: None };
+        let mut r =
+            Rsyslog { dir, tcp: common::sshd::free_port(), udp: common::sshd::free_port(), tls: false, child: None };
         r.restart();
         r
     }
 
+    /// A receiver for syslog over TLS (RFC 5425) on its TCP port, with a certificate for
+    /// 127.0.0.1 issued by a CA of its own (`ca.pem` in its folder).
+    fn start_tls() -> Rsyslog {
+        let dir = tempfile::Builder::new().prefix("penstock-rsyslog-tls-").tempdir().expect("temp dir");
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2               -subj /CN=penstock-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out srv.csr -subj /CN=127.0.0.1
+            printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext.cnf
+            openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 2 -extfile ext.cnf
+";
+        assert_ok("openssl", &sh(script, dir.path()));
+        let mut r =
+            Rsyslog { dir, tcp: common::sshd::free_port(), udp: common::sshd::free_port(), tls: true, child: None };
+        r.restart();
+        r
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn restart(&mut self) {
         let d = self.dir.path();
-        let conf = format!(
+        let conf = if self.tls {
+            format!(
+                "global(workDirectory=\"{d}\" DefaultNetstreamDriver=\"gtls\" \
+                 DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" DefaultNetstreamDriverCertFile=\"{d}/cert.pem\" \
+                 DefaultNetstreamDriverKeyFile=\"{d}/key.pem\")\n\
+                 module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n\
+                 template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
+                 ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{d}/tls.log\" template=\"raw\") }}\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{tcp}\" ruleset=\"tls\")\n",
+                d = d.display(),
+                tcp = self.tcp,
+            )
+        } else {
+            self.plain_conf()
+        };
+        self.launch(&conf);
+    }
+
+    fn plain_conf(&self) -> String {
+        let d = self.dir.path();
+        format!(
             "global(workDirectory=\"{d}\")\n\
              module(load=\"imtcp\")\nmodule(load=\"imudp\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
@@ -574,7 +617,11 @@ impl Rsyslog {
             d = d.display(),
             tcp = self.tcp,
             udp = self.udp,
-        );
+        )
+    }
+
+    fn launch(&mut self, conf: &str) {
+        let d = self.dir.path();
         std::fs::write(d.join("rsyslog.conf"), conf).expect("conf");
         let log = std::fs::File::create(d.join("rsyslogd.out")).expect("log");
         let child = die_with_parent(
@@ -657,22 +704,26 @@ fn all_in_order(seqs: &[i64], head: i64) -> bool {
     firsts == (1..=head).collect::<Vec<_>>()
 }
 
-/// Audit events reach a real rsyslog over TCP (octet counting) and UDP as RFC 5424 messages,
-/// and a JSON-lines file, in chain order; with the receiver down nothing is lost (lag and the
+/// Audit events reach a real rsyslog over TCP (octet counting), TLS (RFC 5425, the receiver's
+/// certificate checked against its CA) and UDP as RFC 5424 messages, and a JSON-lines file, in chain order; with the receiver down nothing is lost (lag and the
 /// error show in `siem status`), and after a gateway restart shipping resumes at its cursor.
 #[test]
 fn siem_delivers_every_event_through_outage_and_restart() {
     let install = common::Install::new(Backend::Sqlite);
     let mut rs = Rsyslog::start();
+    let tls = Rsyslog::start_tls();
     let jsonl = install.scratch().join("audit.jsonl");
     let mut cfg = std::fs::read_to_string(install.config_path()).expect("config");
     cfg.push_str(&format!(
         "\n[[siem.destinations]]\nname = \"soc-tcp\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{}\"\n\
          \n[[siem.destinations]]\nname = \"soc-udp\"\nkind = \"udp\"\naddress = \"127.0.0.1:{}\"\n\
-         \n[[siem.destinations]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\n",
+         \n[[siem.destinations]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\n\
+         \n[[siem.destinations]]\nname = \"soc-tls\"\nkind = \"tls\"\naddress = \"127.0.0.1:{}\"\nca = \"{}\"\n",
         rs.tcp,
         rs.udp,
-        jsonl.display()
+        jsonl.display(),
+        tls.tcp,
+        tls.ca().display()
     ));
     std::fs::write(install.config_path(), cfg).expect("config");
     let add_users = |n: usize| {
@@ -684,9 +735,12 @@ fn siem_delivers_every_event_through_outage_and_restart() {
     add_users(2);
     let mut gw = common::sshd::Gateway::start(&install);
     let h = head(&install);
-    wait_until("TCP and UDP receive the chain", || {
-        all_in_order(&rs.seqs("tcp.log"), h) && all_in_order(&rs.seqs("udp.log"), h)
+    wait_until("TCP, UDP and TLS receive the chain", || {
+        all_in_order(&rs.seqs("tcp.log"), h)
+            && all_in_order(&rs.seqs("udp.log"), h)
+            && all_in_order(&tls.seqs("tls.log"), h)
     });
+    assert!(tls.lines("tls.log").iter().all(|l| l.starts_with('<') && l.contains("[penstock@32473 seq=")));
     let line = rs.lines("tcp.log").into_iter().find(|l| l.contains("seq=\"2\"")).expect("event 2");
     assert!(
         line.starts_with("<85>1 ") && line.contains(" penstock ") && line.contains("[penstock@32473 seq=\"2\""),
@@ -713,7 +767,9 @@ fn siem_delivers_every_event_through_outage_and_restart() {
     add_users(2);
     let mut gw = common::sshd::Gateway::start(&install);
     let h = head(&install);
-    wait_until("TCP catches up after the restart", || all_in_order(&rs.seqs("tcp.log"), h));
+    wait_until("TCP and TLS catch up after the restart", || {
+        all_in_order(&rs.seqs("tcp.log"), h) && all_in_order(&tls.seqs("tls.log"), h)
+    });
     wait_until("the file has the whole chain", || {
         let lines = std::fs::read_to_string(&jsonl).unwrap_or_default();
         let seqs: Vec<i64> =
@@ -805,4 +861,92 @@ fn bundle_of_a_request_holds_its_approvals_grant_and_sessions() {
     assert_eq!(msg, "unknown request 999");
     assert!(!other.exists());
     lab.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Playback in a real terminal
+
+/// A private tmux server, killed when dropped.
+struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&self.sock).env("TERM", "xterm-256color");
+        c
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) {
+        let out = run(self.cmd().args(args), b"", T);
+        assert_ok(&format!("tmux {args:?}"), &out);
+    }
+
+    fn screen(&self) -> String {
+        stdout(&run(self.cmd().args(["capture-pane", "-p", "-t", "t"]), b"", T))
+    }
+
+    #[track_caller]
+    fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.screen();
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "{what}: not on screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// `penstock replay` in a real terminal (tmux): space pauses, → and ← seek 5 s, + speeds up, q
+/// quits and gives the terminal back.
+#[test]
+fn replay_in_a_terminal_pauses_seeks_and_quits() {
+    let lab = Lab::new(Backend::Sqlite);
+    let v = lab.vendor();
+    // STEP-1 at ~0 s, STEP-2 at ~3 s, STEP-3 at ~9 s.
+    typed_session(
+        &lab,
+        &v,
+        &[(0, "echo STEP-$((0+1))\n"), (3000, "echo STEP-$((1+1))\n"), (6000, "echo STEP-$((2+1))\n"), (300, "exit\n")],
+    );
+    let id = lab.ended_session(&v.name)["id"].as_str().expect("id").to_string();
+    let tmux = Tmux { sock: lab.install.scratch().join("tmux.sock") };
+    let cmdline = format!(
+        "P={}; C='{}'; $P -c $C replay {id}; echo REPLAY-ENDED-$?; sleep 3; $P -c $C replay {id} --speed 8; echo AGAIN-$?; sleep 60",
+        common::BIN,
+        lab.install.config_path().display()
+    );
+    tmux.ok(&["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "100", "-y", "30", &cmdline]);
+    tmux.wait_for("STEP-1", |s| s.contains("STEP-1"));
+    tmux.ok(&["send-keys", "-t", "t", "Space"]);
+    std::thread::sleep(Duration::from_millis(3500));
+    let s = tmux.screen();
+    assert!(!s.contains("STEP-2"), "paused, yet playback went on:\n{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Right"]);
+    let s = tmux.wait_for("seek forward", |s| s.contains("STEP-2"));
+    assert!(!s.contains("STEP-3"), "seeking 5 s forward went too far:\n{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Left"]);
+    let s = tmux.wait_for("seek back", |s| !s.contains("STEP-2"));
+    assert!(s.contains("STEP-1"), "{s}");
+    tmux.ok(&["send-keys", "-t", "t", "Space"]);
+    tmux.ok(&["send-keys", "-t", "t", "+"]);
+    tmux.ok(&["send-keys", "-t", "t", "q"]);
+    // Quitting gives the terminal back as it was (the alternate screen is left).
+    let s = tmux.wait_for("quit", |s| s.contains("REPLAY-ENDED-0"));
+    assert!(!s.contains("STEP-1"), "{s}");
+    // Played to its end (at 8x), the last screen stays in view.
+    let s = tmux.wait_for("the second playback ends", |s| s.contains("AGAIN-0"));
+    assert!(s.contains("REPLAY-ENDED-0"), "the final screen is written below what was there:\n{s}");
+    assert!(s.contains("STEP-1") && s.contains("STEP-2") && s.contains("STEP-3"), "{s}");
 }

@@ -138,7 +138,7 @@ fn check_one(report: &mut Report, session: &str, cast: &Path, sha: &str) {
     match hash_file(cast) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             report.problems.push(format!(
-                "session {session}: recording {shown} is missing (no recording.deleted event: retention did not delete it)"
+                "session {session}: recording {shown} cannot be read: it is missing (no recording.deleted event: retention did not delete it)"
             ));
             return;
         }

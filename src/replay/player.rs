@@ -198,15 +198,16 @@ pub fn play(open: Opener<'_>, opts: &Options, out: &mut dyn Write) -> anyhow::Re
     let mut paused = false;
     out.write_all(b"\x1b[?1049h")?;
     st.render(out)?;
-    let res = (|| -> anyhow::Result<()> {
+    // Ok(true): the recording played to its end; Ok(false): the auditor quit.
+    let res = (|| -> anyhow::Result<bool> {
         loop {
             let key = if paused {
                 match keys.recv() {
                     Ok(k) => Some(k),
-                    Err(_) => return Ok(()),
+                    Err(_) => return Ok(true),
                 }
             } else {
-                let Some(ev_t) = st.next.as_ref().map(|e| e.t) else { return Ok(()) };
+                let Some(ev_t) = st.next.as_ref().map(|e| e.t) else { return Ok(true) };
                 let mut gap = (ev_t - st.pos).max(0.0);
                 if let Some(l) = opts.idle_limit {
                     gap = gap.min(l.max(0.0));
@@ -235,7 +236,7 @@ pub fn play(open: Opener<'_>, opts: &Options, out: &mut dyn Write) -> anyhow::Re
             };
             match key {
                 None => {}
-                Some(Key::Quit) => return Ok(()),
+                Some(Key::Quit) => return Ok(false),
                 Some(Key::Pause) => paused = !paused,
                 Some(Key::Faster) => speed = (speed * 2.0).min(64.0),
                 Some(Key::Slower) => speed = (speed / 2.0).max(0.125),
@@ -251,6 +252,14 @@ pub fn play(open: Opener<'_>, opts: &Options, out: &mut dyn Write) -> anyhow::Re
         }
     })();
     out.write_all(b"\x1b[0m\x1b[?1049l")?;
+    if let Ok(true) = res {
+        // Played to the end: leave the last screen in view (as plain text, below what the
+        // terminal showed before).
+        for line in st.screen.text().lines() {
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\r\n")?;
+        }
+    }
     out.flush()?;
-    res
+    res.map(|_| ())
 }

@@ -236,7 +236,8 @@ fn fts5_phrase(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }
 
-/// Runs a search; sessions newest first.
+/// Runs a search; sessions newest first, each with its hits in time order. At most
+/// [`MAX_HITS`] lines come back (the most recently indexed ones).
 pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
     if q.text.trim().is_empty() {
         anyhow::bail!("give words to search for");
@@ -274,7 +275,13 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
     if q.reason.is_some() {
         add(&mut sql, "s.end_reason = ?");
     }
-    sql.push_str(&format!(" ORDER BY s.started_at DESC, r.session_id, r.t LIMIT {MAX_HITS}"));
+    // Newest indexed lines first: both full-text indexes walk their matches in row order, so
+    // the limit stops the walk early even when a common word matches millions of lines.
+    let order = match app.store.backend() {
+        Backend::Sqlite => "recording_fts.rowid DESC",
+        Backend::Postgres => "r.id DESC",
+    };
+    sql.push_str(&format!(" ORDER BY {order} LIMIT {MAX_HITS}"));
     let mut query = sqlx::query(&sql).bind(needle);
     for v in [&q.user, &q.org].into_iter().flatten() {
         query = query.bind(v.clone());
@@ -287,6 +294,7 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
     }
     let rows = query.fetch_all(app.store.pool()).await?;
     let mut out: Vec<SessionHits> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in &rows {
         let session: String = r.try_get(0)?;
         let target: String = r.try_get::<Option<String>, _>(6)?.unwrap_or_default();
@@ -296,19 +304,26 @@ pub async fn search(app: &App, q: &Query) -> anyhow::Result<Vec<SessionHits>> {
             }
         }
         let hit = Hit { offset: r.try_get(1)?, kind: r.try_get(2)?, text: r.try_get(3)? };
-        match out.last_mut() {
-            Some(s) if s.session == session => s.hits.push(hit),
-            _ => out.push(SessionHits {
-                session,
-                user: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
-                org: r.try_get(5)?,
-                target,
-                started_at: r.try_get(7)?,
-                end_reason: r.try_get(8)?,
-                hits: vec![hit],
-            }),
+        match at.get(&session) {
+            Some(&i) => out[i].hits.push(hit),
+            None => {
+                at.insert(session.clone(), out.len());
+                out.push(SessionHits {
+                    session,
+                    user: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    org: r.try_get(5)?,
+                    target,
+                    started_at: r.try_get(7)?,
+                    end_reason: r.try_get(8)?,
+                    hits: vec![hit],
+                });
+            }
         }
     }
+    for s in &mut out {
+        s.hits.sort_by(|a, b| a.offset.total_cmp(&b.offset));
+    }
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| a.session.cmp(&b.session)));
     Ok(out)
 }
 

@@ -1,5 +1,6 @@
 //! SIEM streaming: the audit chain, in order, to syslog receivers (RFC 5424 with structured
-//! data; UDP, or TCP with RFC 6587 octet counting) and JSON-lines files, **at least once**.
+//! data; UDP, TCP with RFC 6587 octet counting, or TLS per RFC 5425 with the receiver's
+//! certificate checked against a configured CA) and JSON-lines files, **at least once**.
 //!
 //! Each destination has a cursor in the store (`siem_cursors`: the last sequence number it
 //! took), moved only after a batch was handed over, so a receiver outage or a gateway restart
@@ -103,19 +104,65 @@ fn system_hostname() -> String {
 
 enum Conn {
     Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
     Udp(tokio::net::UdpSocket),
     File(std::fs::File),
 }
 
+async fn tcp(address: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let s = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {address} timed out"))?
+        .with_context(|| format!("cannot connect to {address}"))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// The TLS client settings of a destination: its CA only, no client certificate.
+fn tls_connector(d: &SiemDestination) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&d.ca)
+        .map_err(|e| anyhow::anyhow!("cannot read CA file {}: {e}", d.ca.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| anyhow::anyhow!("CA file {}: {e}", d.ca.display()))?;
+        roots.add(c).map_err(|e| anyhow::anyhow!("CA file {}: {e}", d.ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("CA file {} holds no certificate", d.ca.display());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+}
+
+/// The name the receiver's certificate must hold.
+fn server_name(d: &SiemDestination) -> String {
+    if !d.server_name.is_empty() {
+        return d.server_name.clone();
+    }
+    let host = d.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&d.address);
+    host.trim_start_matches('[').trim_end_matches(']').to_string()
+}
+
 async fn connect(d: &SiemDestination) -> anyhow::Result<Conn> {
     Ok(match d.kind {
-        SiemKind::Tcp => {
-            let s = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(&d.address))
+        SiemKind::Tcp => Conn::Tcp(tcp(&d.address).await?),
+        SiemKind::Tls => {
+            let connector = tls_connector(d)?;
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(server_name(d))
+                .map_err(|e| anyhow::anyhow!("invalid TLS server name: {e}"))?;
+            let s = tcp(&d.address).await?;
+            let s = tokio::time::timeout(IO_TIMEOUT, connector.connect(name, s))
                 .await
-                .map_err(|_| anyhow::anyhow!("connecting to {} timed out", d.address))?
-                .with_context(|| format!("cannot connect to {}", d.address))?;
-            s.set_nodelay(true)?;
-            Conn::Tcp(s)
+                .map_err(|_| anyhow::anyhow!("TLS handshake with {} timed out", d.address))?
+                .with_context(|| format!("TLS handshake with {} failed", d.address))?;
+            Conn::Tls(Box::new(s))
         }
         SiemKind::Udp => {
             let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
@@ -155,6 +202,20 @@ async fn send(conn: &mut Conn, batch: &[Record], host: &str, pid: u32) -> anyhow
                 Ok(0) => bail!("the receiver closed the connection"),
                 _ => Ok(()),
             }
+        }
+        Conn::Tls(s) => {
+            let mut buf = Vec::new();
+            for r in batch {
+                let m = rfc5424(r, host, pid);
+                buf.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
+            }
+            tokio::time::timeout(IO_TIMEOUT, async {
+                s.write_all(&buf).await?;
+                s.flush().await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the receiver stopped reading (write timed out)"))?
+            .context("cannot send")
         }
         Conn::Udp(s) => {
             for r in batch {
@@ -298,8 +359,11 @@ pub fn check(dests: &[SiemDestination]) -> anyhow::Result<()> {
             bail!("[[siem.destinations]] name {:?} is used twice", d.name);
         }
         match d.kind {
-            SiemKind::Tcp | SiemKind::Udp if d.address.is_empty() => {
+            SiemKind::Tcp | SiemKind::Udp | SiemKind::Tls if d.address.is_empty() => {
                 bail!("SIEM destination {:?} needs address = \"HOST:PORT\"", d.name)
+            }
+            SiemKind::Tls if d.ca.as_os_str().is_empty() => {
+                bail!("SIEM destination {:?} needs ca = \"CA.pem\" (the CA its certificate chains to)", d.name)
             }
             SiemKind::File if d.path.as_os_str().is_empty() => {
                 bail!("SIEM destination {:?} needs path = \"FILE\"", d.name)
@@ -318,6 +382,11 @@ pub fn start(app: &App) -> anyhow::Result<()> {
         let mut d = d.clone();
         if d.kind == SiemKind::File {
             d.path = app.config.resolve(&d.path);
+        }
+        if d.kind == SiemKind::Tls {
+            d.ca = app.config.resolve(&d.ca);
+            // A bad CA file is a start-up error, not a retry loop.
+            tls_connector(&d)?;
         }
         tokio::spawn(run(app.clone(), d, me.clone()));
     }
