@@ -686,7 +686,9 @@ fn head(install: &common::Install) -> i64 {
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
+    // Delivery retries back off up to 30 s after an outage: allow for one full backoff and a
+    // loaded machine.
+    let end = Instant::now() + Duration::from_secs(90);
     while !f() {
         assert!(Instant::now() < end, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(200));
