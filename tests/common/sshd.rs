@@ -398,6 +398,14 @@ impl Gateway {
     pub fn start_env(install: &Install, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let log = install.dir().join("gateway.log");
+        // A gateway started again on the same installation: its readiness is read from a fresh
+        // log (the earlier run's log moves to gateway.log.old).
+        if let Ok(old) = std::fs::read_to_string(&log) {
+            let mut all =
+                std::fs::OpenOptions::new().create(true).append(true).open(log.with_extension("log.old")).expect("log");
+            std::io::Write::write_all(&mut all, old.as_bytes()).expect("keep old log");
+            let _ = std::fs::remove_file(&log);
+        }
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("gateway log");
         let mut child = die_with_parent(
             install
@@ -606,13 +614,6 @@ impl Lab {
         if let Some(mut g) = self.gateway.take() {
             g.stop();
         }
-        // The new gateway's readiness is read from a fresh log.
-        let log = self.install.dir().join("gateway.log");
-        let old = std::fs::read_to_string(&log).unwrap_or_default();
-        let mut all =
-            std::fs::OpenOptions::new().create(true).append(true).open(log.with_extension("log.old")).expect("log");
-        std::io::Write::write_all(&mut all, old.as_bytes()).expect("keep old log");
-        let _ = std::fs::remove_file(&log);
         let g = Gateway::start_env(&self.install, env);
         self.port = g.port;
         self.gateway = Some(g);
