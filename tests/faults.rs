@@ -70,15 +70,6 @@ fn add_target(lab: &Lab, name: &str, addr: &str) {
     );
 }
 
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. env requests: only an allow-list reaches the target.
 
@@ -382,19 +373,19 @@ fn fast_sender_slow_reader_memory_is_bounded() {
         use sha2::{Digest, Sha256};
         hex::encode(Sha256::digest(&data))
     };
-    let base = rss_kib(pid);
+    let base = common::rss_kib(pid);
     let mut cmd = lab.ssh(&v, &[]);
     cmd.arg("sleep 8; sha256sum");
     let started = Instant::now();
     let sender = std::thread::spawn(move || run(&mut cmd, &data, Duration::from_secs(150)));
     let mut peak = base;
     while started.elapsed() < Duration::from_secs(8) {
-        peak = peak.max(rss_kib(pid));
+        peak = peak.max(common::rss_kib(pid));
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut overall = peak;
     while !sender.is_finished() {
-        overall = overall.max(rss_kib(pid));
+        overall = overall.max(common::rss_kib(pid));
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = sender.join().expect("sender");

@@ -300,14 +300,6 @@ fn established_to(port: u16) -> usize {
         .count()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn idle_connections_do_not_lock_out_a_real_login_from_the_same_address() {
     let lab = Lab::new(Backend::Sqlite);
@@ -327,7 +319,7 @@ fn idle_connections_do_not_lock_out_a_real_login_from_the_same_address() {
 
     // Floods from eight more sources: the table's global bound holds, memory stays bounded,
     // and a source with no idle connection still gets in at once.
-    let rss0 = rss_kib(lab.gateway_pid());
+    let rss0 = common::rss_kib(lab.gateway_pid());
     let mut flood = Vec::new();
     for last in 2..=9u8 {
         let src: IpAddr = [127, 0, 0, last].into();
@@ -337,7 +329,7 @@ fn idle_connections_do_not_lock_out_a_real_login_from_the_same_address() {
     std::thread::sleep(Duration::from_millis(500));
     let held = established_to(port);
     assert!(held <= 256 + 45, "the gateway holds {held} connections (global limit 256)");
-    let grew = rss_kib(lab.gateway_pid()).saturating_sub(rss0);
+    let grew = common::rss_kib(lab.gateway_pid()).saturating_sub(rss0);
     assert!(grew < 64 * 1024, "the gateway grew by {grew} KiB under an idle flood");
     let t0 = Instant::now();
     let out = run(lab.ssh(&w, &["-b", "127.0.0.10"]).arg("echo fresh-source"), b"", T);

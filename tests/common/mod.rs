@@ -142,6 +142,15 @@ pub fn ssh_keygen(path: &Path, comment: &str) -> String {
     std::fs::read_to_string(path.with_extension("pub")).expect("read public key").trim().to_string()
 }
 
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
 /// `SHA256:…` fingerprint of a public key file, as `ssh-keygen -l` computes it.
 pub fn ssh_fingerprint(pub_path: &Path) -> String {
     let out = Command::new("ssh-keygen").arg("-lf").arg(pub_path).output().expect("cannot run ssh-keygen");
