@@ -282,17 +282,21 @@ async fn seal_secret(
     Ok(())
 }
 
+/// The version number a target's next secret gets.
+pub(crate) async fn next_secret_version(tx: &mut crate::store::Tx, target_id: i64) -> Result<i64> {
+    Ok(sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE owner_kind = 'target' AND owner_id = $1")
+        .bind(target_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?)
+}
+
 /// Stores a new version of a target's credential (rotation); returns the version.
 pub async fn set_secret(app: &App, actor: &str, name: &str, kind: CredentialKind, secret: Secret) -> Result<i64> {
     let target = get(app, name).await?;
     check_credential(kind, &secret)?;
     let mut tx = app.store.begin_write().await?;
-    let version: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE owner_kind = 'target' AND owner_id = $1")
-            .bind(target.id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+    let version = next_secret_version(&mut tx, target.id).await?;
     seal_secret(app, &mut tx, target.id, kind, &secret, version).await?;
     sqlx::query("UPDATE targets SET credential_kind = $1 WHERE id = $2")
         .bind(kind.as_str())

@@ -204,12 +204,7 @@ async fn logs_in(app: &App, target: &Target, kind: CredentialKind, secret: &Secr
 async fn add_pending(app: &App, target: &Target, secret: &Secret, reason: Reason, actor: &str) -> anyhow::Result<i64> {
     let kind = target.credential_kind.as_str();
     let mut tx = app.store.begin_write().await?;
-    let version: i64 =
-        sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM secrets WHERE owner_kind = 'target' AND owner_id = $1")
-            .bind(target.id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+    let version = crate::targets::next_secret_version(&mut tx, target.id).await?;
     let sealed = app.vault.seal(&secret_aad("target", target.id, kind, version), secret.expose())?;
     sqlx::query(
         "INSERT INTO secrets (owner_kind, owner_id, kind, version, ciphertext, created_at, state) \

@@ -180,21 +180,32 @@ async fn connect(d: &SiemDestination) -> anyhow::Result<Conn> {
     })
 }
 
+/// Writes `batch` as RFC 6587 octet-counted RFC 5424 messages (TCP and TLS alike), within
+/// [`IO_TIMEOUT`].
+async fn write_framed<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &[Record],
+    host: &str,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    for r in batch {
+        let m = rfc5424(r, host, pid);
+        buf.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
+    }
+    tokio::time::timeout(IO_TIMEOUT, async {
+        w.write_all(&buf).await?;
+        w.flush().await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the receiver stopped reading (write timed out)"))?
+    .context("cannot send")
+}
+
 async fn send(conn: &mut Conn, batch: &[Record], host: &str, pid: u32) -> anyhow::Result<()> {
     match conn {
         Conn::Tcp(s) => {
-            let mut buf = Vec::new();
-            for r in batch {
-                let m = rfc5424(r, host, pid);
-                buf.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
-            }
-            tokio::time::timeout(IO_TIMEOUT, async {
-                s.write_all(&buf).await?;
-                s.flush().await
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the receiver stopped reading (write timed out)"))?
-            .context("cannot send")?;
+            write_framed(s, batch, host, pid).await?;
             // A receiver that closed the connection shows up on the next write; check now so the
             // cursor does not move past events it never took.
             let mut probe = [0u8; 1];
@@ -203,20 +214,7 @@ async fn send(conn: &mut Conn, batch: &[Record], host: &str, pid: u32) -> anyhow
                 _ => Ok(()),
             }
         }
-        Conn::Tls(s) => {
-            let mut buf = Vec::new();
-            for r in batch {
-                let m = rfc5424(r, host, pid);
-                buf.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
-            }
-            tokio::time::timeout(IO_TIMEOUT, async {
-                s.write_all(&buf).await?;
-                s.flush().await
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the receiver stopped reading (write timed out)"))?
-            .context("cannot send")
-        }
+        Conn::Tls(s) => write_framed(s, batch, host, pid).await,
         Conn::Udp(s) => {
             for r in batch {
                 let m = rfc5424(r, host, pid);
