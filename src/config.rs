@@ -35,6 +35,8 @@ pub struct Config {
     pub evidence: EvidenceConfig,
     /// Audit events streamed to SIEMs.
     pub siem: SiemConfig,
+    /// The gateway's TLS certificate (web console, RDP).
+    pub tls: TlsConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -249,6 +251,23 @@ impl Default for EvidenceConfig {
     }
 }
 
+/// `[tls]`: one certificate for every TLS front end (web console, RDP), so clients pin one
+/// thumbprint. Made self-signed by `init`, and by `serve` when both files are missing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: PathBuf::from("tls_cert.pem"), key: PathBuf::from("tls_key.pem") }
+    }
+}
+
 /// `[siem]`
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -309,6 +328,7 @@ const SECTIONS: &[&str] = &[
     "notifications",
     "evidence",
     "siem",
+    "tls",
 ];
 
 impl Config {
@@ -397,6 +417,16 @@ impl Config {
     /// Evidence signing key file.
     pub fn evidence_key_path(&self) -> PathBuf {
         self.resolve(&self.evidence.key)
+    }
+
+    /// TLS certificate file.
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.resolve(&self.tls.cert)
+    }
+
+    /// TLS private key file.
+    pub fn tls_key_path(&self) -> PathBuf {
+        self.resolve(&self.tls.key)
     }
 }
 
@@ -520,6 +550,12 @@ timeout_secs = 5
 # `penstock init`, or by `penstock serve` when missing. `penstock evidence key` prints its public
 # half: give that to auditors through another channel.
 key = "evidence_ed25519_key"
+
+[tls]
+# The certificate of the web console and the RDP listener (PEM). `penstock init` makes a
+# self-signed one and prints its SHA-256 thumbprint; put your plant CA's certificate here instead.
+cert = "tls_cert.pem"
+key = "tls_key.pem"
 
 [siem]
 # Audit events streamed in chain order, at least once (a cursor per destination in the store;

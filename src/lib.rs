@@ -32,5 +32,6 @@ pub mod ssh;
 pub mod storage;
 pub mod store;
 pub mod targets;
+pub mod tls_identity;
 pub mod users;
 pub mod vault;

@@ -9,14 +9,12 @@
 //!   line of defence a request marked approved without its grant is put back to pending (its
 //!   approvals are kept) and audited.
 
-use std::path::{Path, PathBuf};
-
 use sqlx::Row;
 
 use crate::app::App;
 use crate::audit::{self, Event, SideFile};
-use crate::recording::verify::hash_file;
 use crate::sessions::EndReason;
+use crate::storage::{self, RecordingStorage};
 
 /// What [`on_start`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -37,9 +35,19 @@ pub async fn on_start(app: &App) -> anyhow::Result<Recovered> {
     Ok(Recovered { sessions, repaired })
 }
 
-/// The side files that may stand beside a cast.
-fn side_files(cast: &Path) -> Vec<PathBuf> {
-    ["out", "in"].iter().map(|ext| cast.with_extension(ext)).filter(|p| p.exists()).collect()
+/// The side files that may stand beside a cast (`<id>.out`, `<id>.in`), as found.
+fn side_files(storage: &dyn RecordingStorage, cast: &str) -> Vec<SideFile> {
+    let stem = storage.file_name(cast);
+    let stem = stem.strip_suffix(".cast").unwrap_or(&stem).to_string();
+    ["out", "in"]
+        .iter()
+        .filter_map(|ext| {
+            let name = format!("{stem}.{ext}");
+            let loc = storage.sibling(cast, &name).ok()?;
+            let (sha256, size) = storage::hash(storage, &loc).ok()?;
+            Some(SideFile { name, size: size as i64, sha256 })
+        })
+        .collect()
 }
 
 /// Closes every open session of this node (and, from before node ids, of no node).
@@ -50,22 +58,15 @@ async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
     .bind(app.node_id.as_str())
     .fetch_all(app.store.pool())
     .await?;
+    let store = storage::for_app(app);
     let mut n = 0;
     for r in rows {
         let id: String = r.try_get(0)?;
         let path: Option<String> = r.try_get(1)?;
         let (size, sha, sides) = match &path {
-            Some(p) => {
-                let cast = PathBuf::from(p);
-                let found = hash_file(&cast).ok();
-                let sides = side_files(&cast)
-                    .iter()
-                    .filter_map(|f| {
-                        let (sha256, size) = hash_file(f).ok()?;
-                        let name = f.file_name()?.to_string_lossy().into_owned();
-                        Some(SideFile { name, size: size as i64, sha256 })
-                    })
-                    .collect();
+            Some(cast) => {
+                let found = storage::hash(&store, cast).ok();
+                let sides = side_files(&store, cast);
                 (found.as_ref().map(|(_, s)| *s as i64), found.map(|(h, _)| h), sides)
             }
             None => (None, None, Vec::new()),

@@ -200,7 +200,57 @@ fn search_replay_and_bundle_of_a_real_session(b: Backend) {
         &folder,
     );
     assert!(!bad.status.success(), "{}", stdout(&bad));
+
+    live_session_is_searchable_while_it_runs(&lab, &v);
     lab.finish();
+}
+
+/// What a vendor prints in a session still running is found by search before the session
+/// ends (the indexer follows the recording as it is written), and is not indexed twice when
+/// the session ends.
+fn live_session_is_searchable_while_it_runs(lab: &Lab, v: &Vendor) {
+    let mut cmd = lab.ssh(v, &["-tt"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = die_with_parent(&mut cmd).spawn().expect("spawn ssh");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut so = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    stdin.write_all(b"echo live-$((6*7))-marker\n").expect("type");
+    stdin.flush().expect("flush");
+    let found = search_until_found(lab, &["live-42-marker"]);
+    assert!(child.try_wait().expect("ssh state").is_none(), "the session is still running");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["end_reason"], Value::Null, "found while live: {found:?}");
+    let live_id = found[0]["session"].as_str().expect("session").to_string();
+    assert!(lab.sessions(true).iter().any(|s| s["id"] == live_id.as_str()), "the hit is the live session");
+    stdin.write_all(b"exit\n").expect("type");
+    drop(stdin);
+    let st = wait_timeout(&mut child, T).expect("ssh ends");
+    assert!(st.success(), "{st}");
+    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+    assert!(out.contains("live-42-marker"), "{out}");
+    // Ended: the same line once (the follower finished the index; nobody indexed it again).
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = search_until_found(lab, &["live-42-marker"]);
+        if found[0]["end_reason"] != Value::Null {
+            let hits = found[0]["hits"].as_array().expect("hits");
+            let outs = hits.iter().filter(|h| h["kind"] == "out" && h["text"] == "live-42-marker").count();
+            assert_eq!(outs, 1, "{hits:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "search still shows the session live: {found:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Two indexer passes later, still once.
+    std::thread::sleep(Duration::from_secs(5));
+    let hits = search_until_found(lab, &["live-42-marker"])[0]["hits"].clone();
+    let outs = hits.as_array().expect("hits").iter().filter(|h| h["kind"] == "out").count();
+    assert_eq!(outs, 1, "{hits:?}");
 }
 
 /// `HH:MM:SS` as search prints offsets.
@@ -704,6 +754,58 @@ fn all_in_order(seqs: &[i64], head: i64) -> bool {
         }
     }
     firsts == (1..=head).collect::<Vec<_>>()
+}
+
+/// Sequence numbers in a JSON-lines SIEM file, in order of arrival (repeats kept).
+fn jsonl_seqs(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seq"].as_i64())
+        .collect()
+}
+
+/// Two gateways on one PostgreSQL ship the chain to a destination once, not twice: one holds
+/// the destination's lease, and when it stops the other takes over where the cursor stands.
+#[test]
+fn siem_ships_from_one_gateway_of_several_on_postgres() {
+    let install = common::Install::new(Backend::Postgres);
+    let jsonl = install.scratch().join("audit.jsonl");
+    let mut cfg = std::fs::read_to_string(install.config_path()).expect("config");
+    cfg.push_str(&format!(
+        "\n[[siem.destinations]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\n",
+        jsonl.display()
+    ));
+    std::fs::write(install.config_path(), cfg).expect("config");
+    let add_users = |n: usize| {
+        for _ in 0..n {
+            let name = format!("u{}", common::random_hex(4));
+            install.ok_stdin(&["user", "add", &name, "--role", "auditor", "--password-stdin"], b"Pw-12345678-x\n");
+        }
+    };
+    let mut a = common::sshd::Gateway::start(&install);
+    let mut b = common::sshd::Gateway::start(&install);
+    // Events made while both run, in several bursts so both get a chance at each of them.
+    for _ in 0..4 {
+        add_users(2);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let h = head(&install);
+    wait_until("the file has the chain", || all_in_order(&jsonl_seqs(&jsonl), h));
+    std::thread::sleep(Duration::from_secs(2));
+    let seqs = jsonl_seqs(&jsonl);
+    assert_eq!(seqs.len() as i64, h, "each event shipped once by one of two gateways: {seqs:?}");
+    // Whichever held the lease, each stops in turn and the other ships what follows.
+    a.stop();
+    add_users(2);
+    let h = head(&install);
+    wait_until("the second gateway ships after the first stopped", || all_in_order(&jsonl_seqs(&jsonl), h));
+    let mut a2 = common::sshd::Gateway::start(&install);
+    b.stop();
+    add_users(2);
+    let h = head(&install);
+    wait_until("the restarted first gateway ships after the second stopped", || all_in_order(&jsonl_seqs(&jsonl), h));
+    a2.stop();
 }
 
 /// Audit events reach a real rsyslog over TCP (octet counting), TLS (RFC 5425, the receiver's

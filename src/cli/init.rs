@@ -44,7 +44,15 @@ impl Drop for Undo {
 /// Creates the installation in `dir`; returns the config path.
 pub async fn init(dir: &Path, database_url: Option<&str>) -> anyhow::Result<PathBuf> {
     let config_path = dir.join("penstock.toml");
-    for name in ["penstock.toml", "master.key", "ssh_host_ed25519_key", "evidence_ed25519_key", "penstock.db"] {
+    for name in [
+        "penstock.toml",
+        "master.key",
+        "ssh_host_ed25519_key",
+        "evidence_ed25519_key",
+        "tls_cert.pem",
+        "tls_key.pem",
+        "penstock.db",
+    ] {
         if dir.join(name).exists() {
             bail!("{} already holds a Penstock installation ({name} exists); nothing was changed", dir.display());
         }
@@ -64,6 +72,9 @@ pub async fn init(dir: &Path, database_url: Option<&str>) -> anyhow::Result<Path
     let evidence_key = dir.join("evidence_ed25519_key");
     crate::keys::write_private_key(&evidence_key, &crate::keys::generate_ed25519())?;
     undo.0.push(evidence_key);
+    undo.0.push(dir.join("tls_key.pem"));
+    undo.0.push(dir.join("tls_cert.pem"));
+    crate::tls_identity::generate(&dir.join("tls_cert.pem"), &dir.join("tls_key.pem"))?;
     let db_url = match database_url {
         Some(u) => u.to_string(),
         None => format!("sqlite://{}", std::path::absolute(dir.join("penstock.db"))?.display()),

@@ -349,7 +349,7 @@ pub(crate) async fn audit(config: &Path, cmd: AuditCmd) -> anyhow::Result<()> {
             if chain_only {
                 return Ok(());
             }
-            let report = crate::recording::verify::check(&app.store).await?;
+            let report = crate::recording::verify::check(&app.store, &crate::storage::for_app(&app)).await?;
             // Every problem on standard output; the error line names the first.
             for p in &report.problems {
                 println!("{p}");

@@ -384,6 +384,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { dir, database_url } => {
             let path = init::init(&dir, database_url.as_deref()).await?;
             println!("Created a Penstock installation in {}.", dir.display());
+            let cfg = crate::config::Config::load(&path)?;
+            println!("TLS certificate SHA-256: {}", crate::tls_identity::load(&cfg)?.thumbprint());
             println!("Next: penstock -c {} user add NAME --role admin", path.display());
             Ok(())
         }

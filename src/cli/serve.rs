@@ -35,6 +35,9 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     if crate::evidence::ensure_key(&app.config)? {
         tracing::info!(key = %app.config.evidence_key_path().display(), "evidence signing key created");
     }
+    if crate::tls_identity::ensure(&app.config)? {
+        tracing::info!(cert = %app.config.tls_cert_path().display(), "self-signed TLS certificate created");
+    }
     crate::search::start(app.clone());
     crate::retention::start(app.clone());
     crate::siem::start(&app)?;
@@ -108,6 +111,7 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     println!("Manager:        ssh -p {port} manager@{ip} requests --pending ; ssh -p {port} manager@{ip} approve ID");
     println!("Break-glass:    {exe} -c {c} grant add --user vendor --target plc-line3 --for 2h");
     println!("Connect:        ssh -p {port} vendor@plc-line3@{ip}   (password, then the 6-digit code)");
+    println!("TLS certificate SHA-256 (web console, RDP): {}", crate::tls_identity::load(&cfg)?.thumbprint());
     println!("Policies in {} decide who approves and when (see README).\n", dir.join("policies").display());
     init_tracing(&cfg);
     run(App::open(cfg).await?).await
