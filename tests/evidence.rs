@@ -201,15 +201,17 @@ fn search_replay_and_bundle_of_a_real_session(b: Backend) {
     );
     assert!(!bad.status.success(), "{}", stdout(&bad));
 
-    live_session_is_searchable_while_it_runs(&lab, &v);
+    live_session_is_searchable_while_it_runs(&lab);
     lab.finish();
 }
 
 /// What a vendor prints in a session still running is found by search before the session
 /// ends (the indexer follows the recording as it is written), and is not indexed twice when
 /// the session ends.
-fn live_session_is_searchable_while_it_runs(lab: &Lab, v: &Vendor) {
-    let mut cmd = lab.ssh(v, &["-tt"]);
+fn live_session_is_searchable_while_it_runs(lab: &Lab) {
+    // Another vendor: the first one's TOTP code of this step is spent (replay guard).
+    let v = lab.vendor();
+    let mut cmd = lab.ssh(&v, &["-tt"]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = die_with_parent(&mut cmd).spawn().expect("spawn ssh");
     let mut stdin = child.stdin.take().expect("stdin");
