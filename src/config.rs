@@ -120,11 +120,13 @@ pub struct RecordingsConfig {
     pub min_free_mib: u64,
     /// Delete recordings of sessions that ended more than this many days ago (0: keep them).
     pub retain_days: u32,
+    /// Index sessions for search while they run (false: when they end).
+    pub index_live: bool,
 }
 
 impl Default for RecordingsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64, retain_days: 0 }
+        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64, retain_days: 0, index_live: true }
     }
 }
 
@@ -510,6 +512,9 @@ min_free_mib = 64
 # A daily job deletes recordings of sessions that ended more than this many days ago (0 keeps
 # them forever), each with a `recording.deleted` audit event; `recordings hold` exempts one.
 retain_days = 0
+# Search indexes a session while it runs (a second or two behind the vendor); false indexes each
+# session only when it has ended.
+index_live = true
 
 [vault]
 # 32-byte master key that encrypts every vaulted secret. Under systemd, LoadCredential=master.key

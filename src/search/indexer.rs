@@ -46,7 +46,33 @@ const FOLLOW_POLL: Duration = Duration::from_millis(300);
 /// How long lines of a live session may wait before they are written.
 const LIVE_FLUSH: Duration = Duration::from_secs(1);
 
+/// Lines per second a live session is indexed at, at most: an interactive session stays well
+/// below it (and is searchable at once); bulk output waits its turn instead of taking CPU from
+/// the relays (see docs/PERFORMANCE.md).
+const LIVE_LINES_PER_SEC: f64 = 1000.0;
+
 type IndexedLine = (f64, Kind, String);
+
+/// The line limit was reached.
+#[derive(Debug)]
+struct Enough;
+
+impl std::fmt::Display for Enough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line limit reached")
+    }
+}
+
+impl std::error::Error for Enough {}
+
+/// Sleeps (on the indexer's own blocking thread) while `lines` since `began` run ahead of
+/// [`LIVE_LINES_PER_SEC`].
+fn pace(lines: usize, began: Instant) {
+    let due = Duration::from_secs_f64(lines as f64 / LIVE_LINES_PER_SEC);
+    if let Some(ahead) = due.checked_sub(began.elapsed()) {
+        std::thread::sleep(ahead);
+    }
+}
 
 /// Indexes one recording (replacing what was indexed for it); returns the number of lines.
 /// With `live`, the recording is still being written: reading waits at its end until the flag
@@ -80,19 +106,27 @@ pub async fn index_session(
             None => raw,
         };
         let mut n = 0usize;
+        let began = Instant::now();
         let res = transcript::lines(BufReader::with_capacity(256 * 1024, src), |_, l| {
             if n >= MAX_LINES {
-                return Ok(());
+                // Enough: the rest is not parsed at all (replay still shows it).
+                return Err(Enough.into());
             }
             n += 1;
             pending.borrow_mut().push((l.t, l.kind, l.text));
             if pending.borrow().len() >= BATCH {
                 send(&pending, &tx)?;
+                if following {
+                    pace(n, began);
+                }
             }
             Ok(())
         });
         send(&pending, &tx)?;
-        res.map(|_| ())
+        match res {
+            Err(e) if e.is::<Enough>() => Ok(()),
+            other => other.map(|_| ()),
+        }
     });
     sqlx::query("DELETE FROM recording_text WHERE session_id = $1").bind(session).execute(app.store.pool()).await?;
     let mut total = 0;
@@ -335,6 +369,9 @@ pub fn start(app: App) {
         }
         let live_app = app.clone();
         tokio::spawn(async move {
+            if !live_app.config.recordings.index_live {
+                return;
+            }
             let mut followed: HashMap<String, Arc<AtomicBool>> = HashMap::new();
             let (finished, mut done) = tokio::sync::mpsc::channel::<String>(MAX_LIVE);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
