@@ -37,6 +37,8 @@ pub struct Config {
     pub siem: SiemConfig,
     /// The gateway's TLS certificate (web console, RDP).
     pub tls: TlsConfig,
+    /// This gateway as one node of several.
+    pub node: NodeConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -270,6 +272,27 @@ impl Default for TlsConfig {
     }
 }
 
+/// `[node]`: this gateway as a node (several gateways share one PostgreSQL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Name shown by `penstock nodes` (empty: the machine's host name).
+    pub name: String,
+    /// File holding this node's stable id (made on the first `serve`).
+    pub id_file: PathBuf,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u64,
+    /// A node whose heartbeat is older than this is lost: a surviving node ends its sessions as
+    /// `node_lost`. At least three heartbeats.
+    pub lost_after_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { name: String::new(), id_file: PathBuf::from("node_id"), heartbeat_secs: 10, lost_after_secs: 60 }
+    }
+}
+
 /// `[siem]`
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -331,6 +354,7 @@ const SECTIONS: &[&str] = &[
     "evidence",
     "siem",
     "tls",
+    "node",
 ];
 
 impl Config {
@@ -561,6 +585,14 @@ key = "evidence_ed25519_key"
 # self-signed one and prints its SHA-256 thumbprint; put your plant CA's certificate here instead.
 cert = "tls_cert.pem"
 key = "tls_key.pem"
+
+[node]
+# This gateway as one node of several on a shared PostgreSQL (SQLite allows one `serve`).
+# name = "gw-site-a"          # shown by `penstock nodes` (default: the host name)
+id_file = "node_id"
+heartbeat_secs = 10
+# A node silent this long is lost: another node ends its sessions as `node_lost`.
+lost_after_secs = 60
 
 [siem]
 # Audit events streamed in chain order, at least once (a cursor per destination in the store;

@@ -52,12 +52,23 @@ fn side_files(storage: &dyn RecordingStorage, cast: &str) -> Vec<SideFile> {
 
 /// Closes every open session of this node (and, from before node ids, of no node).
 async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
-    let rows = sqlx::query(
-        "SELECT id, recording_path FROM sessions WHERE ended_at IS NULL AND (node_id = $1 OR node_id IS NULL)",
-    )
-    .bind(app.node_id.as_str())
-    .fetch_all(app.store.pool())
-    .await?;
+    close_sessions(app, &app.node_id, true, EndReason::Interrupted).await
+}
+
+/// Closes the open sessions of `node` (another gateway that stopped heartbeating) as
+/// `node_lost`; returns how many. Each is closed by one statement that only a still-open
+/// session passes, so two survivors never close one twice.
+pub async fn close_lost(app: &App, node: &str) -> anyhow::Result<usize> {
+    close_sessions(app, node, false, EndReason::NodeLost).await
+}
+
+async fn close_sessions(app: &App, node: &str, with_unowned: bool, reason: EndReason) -> anyhow::Result<usize> {
+    let sql = if with_unowned {
+        "SELECT id, recording_path FROM sessions WHERE ended_at IS NULL AND (node_id = $1 OR node_id IS NULL)"
+    } else {
+        "SELECT id, recording_path FROM sessions WHERE ended_at IS NULL AND node_id = $1"
+    };
+    let rows = sqlx::query(sql).bind(node).fetch_all(app.store.pool()).await?;
     let store = storage::for_app(app);
     let mut n = 0;
     for r in rows {
@@ -76,7 +87,7 @@ async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
             "UPDATE sessions SET ended_at = $1, end_reason = $2, recording_sha256 = $3 WHERE id = $4 AND ended_at IS NULL",
         )
         .bind(app.clock.now())
-        .bind(EndReason::Interrupted.as_str())
+        .bind(reason.as_str())
         .bind(sha.clone())
         .bind(&id)
         .execute(&mut *tx)
@@ -87,7 +98,7 @@ async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
         }
         let ev = Event::SessionInterrupted {
             session: id.clone(),
-            node: app.node_id.to_string(),
+            node: node.to_string(),
             recording: path,
             recording_size: size,
             recording_sha256: sha,
@@ -95,7 +106,7 @@ async fn close_interrupted(app: &App) -> anyhow::Result<usize> {
         };
         audit::append(&mut tx, &*app.clock, "system", &ev).await?;
         tx.commit().await?;
-        tracing::warn!(session = %id, "session left open by an earlier run closed as interrupted");
+        tracing::warn!(session = %id, node, reason = reason.as_str(), "session left open by a stopped gateway closed");
         n += 1;
     }
     Ok(n)

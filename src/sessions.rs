@@ -22,6 +22,8 @@ pub enum EndReason {
     Error,
     /// The gateway stopped without closing it (closed when it started again).
     Interrupted,
+    /// Its gateway stopped heartbeating (closed by another node of the same store).
+    NodeLost,
 }
 
 impl EndReason {
@@ -34,6 +36,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Error => "error",
             EndReason::Interrupted => "interrupted",
+            EndReason::NodeLost => "node_lost",
         }
     }
 }

@@ -786,7 +786,7 @@ fn siem_ships_from_one_gateway_of_several_on_postgres() {
         }
     };
     let mut a = common::sshd::Gateway::start(&install);
-    let mut b = common::sshd::Gateway::start(&install);
+    let mut b = common::sshd::Gateway::start_env(&install, &[("PENSTOCK_NODE_ID_FILE", "node_id_b")]);
     // Events made while both run, in several bursts so both get a chance at each of them.
     for _ in 0..4 {
         add_users(2);

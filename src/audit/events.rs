@@ -107,8 +107,12 @@ pub enum Event {
     TargetLegacyCrypto { target: String, allowed: bool },
     /// A gateway node started.
     NodeStarted { node: String, name: String, version: String },
+    /// A node stopped heartbeating; another node ended its open sessions.
+    NodeLost { node: String, name: String, last_heartbeat: i64, sessions: i64 },
     /// A session left open by a gateway that stopped without closing it (a crash or `kill -9`)
-    /// was closed when that gateway started again; the hashes are of the files as found on disk.
+    /// was closed when that gateway started again, or by another node once that gateway's
+    /// heartbeat stopped (end reason `node_lost`); the hashes are of the files as found then
+    /// (absent when the recording was not reachable from the closing node).
     SessionInterrupted {
         session: String,
         node: String,
@@ -172,6 +176,7 @@ impl Event {
             Event::RecordingReleased { .. } => "recording.released",
             Event::TargetLegacyCrypto { .. } => "target.legacy_crypto",
             Event::NodeStarted { .. } => "node.started",
+            Event::NodeLost { .. } => "node.lost",
             Event::SessionInterrupted { .. } => "session.interrupted",
             Event::StateRepaired { .. } => "state.repaired",
         };

@@ -445,3 +445,31 @@ pub(crate) async fn policy(config: &Path, cmd: PolicyCmd) -> anyhow::Result<()> 
         }
     }
 }
+
+/// `penstock nodes`.
+pub(crate) async fn nodes(config: &Path, json: bool) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    let list = crate::node::list(&app).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no gateway has run on this store yet");
+    }
+    let now = app.clock.now();
+    for n in list {
+        println!(
+            "{}  {:<16} {:<22} v{:<8} {:>3} live  {:<5}  heartbeat {} s ago  started {}",
+            &n.id[..n.id.len().min(12)],
+            n.name,
+            n.address,
+            n.version,
+            n.live_sessions,
+            n.state,
+            now - n.heartbeat_at,
+            crate::clock::fmt_ts(n.started_at)
+        );
+    }
+    Ok(())
+}

@@ -84,6 +84,12 @@ pub enum Command {
     /// Vaulted target secrets: age, rotation, use and reuse.
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
+    /// The gateways sharing this store: address, version, live sessions, last heartbeat.
+    Nodes {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `policy …`
@@ -402,5 +408,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recordings(c) => evidence::recordings(&cli.config, c).await,
         Command::Siem(c) => evidence::siem(&cli.config, c).await,
         Command::Secrets(c) => secrets::secrets(&cli.config, c).await,
+        Command::Nodes { json } => manage::nodes(&cli.config, json).await,
     }
 }

@@ -64,7 +64,7 @@ fn notice(reason: EndReason, detail: &str) -> String {
         EndReason::Killed => "ended by an administrator",
         EndReason::Expired => "ended: the access grant is over",
         EndReason::Idle => "ended: idle for too long",
-        EndReason::Error | EndReason::Interrupted => "ended",
+        EndReason::Error | EndReason::Interrupted | EndReason::NodeLost => "ended",
         EndReason::Closed => "closed",
     };
     if detail.is_empty() {

@@ -256,13 +256,17 @@ async fn watch_sessions(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut generation = policy_generation(&shared.app).await;
     let mut n: u64 = 0;
+    let heartbeat_ticks = shared.app.config.node.heartbeat_secs.max(1) * 2;
     loop {
         tick.tick().await;
         n += 1;
-        if n.is_multiple_of(20) {
-            // Every 10 s: this node is alive.
+        if n.is_multiple_of(heartbeat_ticks) {
+            // This node is alive; nodes that are not have their sessions ended.
             if let Err(e) = crate::node::heartbeat(&shared.app).await {
                 tracing::warn!(error = %e, "cannot record the node's heartbeat");
+            }
+            if let Err(e) = crate::node::reap_lost(&shared.app).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot end the sessions of a lost node");
             }
         }
         if n.is_multiple_of(4) {

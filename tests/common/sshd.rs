@@ -619,6 +619,11 @@ impl Lab {
         self.gateway = Some(g);
     }
 
+    /// Points new clients at another gateway (another node on the same store).
+    pub fn use_port(&mut self, port: u16) {
+        self.port = port;
+    }
+
     /// The gateway's log so far.
     pub fn gateway_log(&self) -> String {
         self.gateway.as_ref().map(|g| g.log_text()).unwrap_or_default()
