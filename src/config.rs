@@ -285,11 +285,23 @@ pub struct NodeConfig {
     /// A node whose heartbeat is older than this is lost: a surviving node ends its sessions as
     /// `node_lost`. At least three heartbeats.
     pub lost_after_secs: u64,
+    /// Milliseconds between the checks a node makes for kills, revokes, disabled users and
+    /// expired grants (the fallback behind notifications); waiting vendors look twice as often.
+    pub poll_ms: u64,
+    /// On PostgreSQL: act on other nodes' changes at once through `LISTEN/NOTIFY`.
+    pub notify: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { name: String::new(), id_file: PathBuf::from("node_id"), heartbeat_secs: 10, lost_after_secs: 60 }
+        Self {
+            name: String::new(),
+            id_file: PathBuf::from("node_id"),
+            heartbeat_secs: 10,
+            lost_after_secs: 60,
+            poll_ms: 500,
+            notify: true,
+        }
     }
 }
 
@@ -593,6 +605,10 @@ id_file = "node_id"
 heartbeat_secs = 10
 # A node silent this long is lost: another node ends its sessions as `node_lost`.
 lost_after_secs = 60
+# Kills, revokes and approvals made on another node arrive at once by LISTEN/NOTIFY (PostgreSQL);
+# every poll_ms a node also looks for them itself (the fallback, and the only way on SQLite).
+poll_ms = 500
+notify = true
 
 [siem]
 # Audit events streamed in chain order, at least once (a cursor per destination in the store;

@@ -28,6 +28,7 @@ pub mod search;
 pub mod secret;
 pub mod sessions;
 pub mod siem;
+pub mod signals;
 pub mod ssh;
 pub mod storage;
 pub mod store;

@@ -260,6 +260,7 @@ pub async fn request_kill(app: &App, actor: &str, id_or_prefix: &str) -> Result<
     }
     let mut tx = app.store.begin_write().await?;
     sqlx::query("UPDATE sessions SET kill_requested = 1 WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+    crate::signals::announce(&mut tx, app.store.backend(), "kill").await?;
     audit::append(&mut tx, &*app.clock, actor, &Event::SessionKillRequested { session: id.clone(), by: actor.into() })
         .await?;
     tx.commit().await?;

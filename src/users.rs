@@ -275,6 +275,7 @@ pub async fn disable(app: &App, actor: &str, name: &str) -> Result<()> {
     let mut tx = app.store.begin_write().await?;
     sqlx::query("UPDATE users SET disabled = 1 WHERE id = $1").bind(user.id).execute(&mut *tx).await?;
     audit::append(&mut tx, &*app.clock, actor, &Event::UserDisabled { user: user.name }).await?;
+    crate::signals::announce(&mut tx, app.store.backend(), "user").await?;
     tx.commit().await?;
     Ok(())
 }

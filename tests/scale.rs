@@ -7,7 +7,7 @@
 #[macro_use]
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -123,5 +123,152 @@ fn a_second_gateway_on_sqlite_is_refused() {
     let out =
         assert_ok("ssh", &common::sshd::run(lab.ssh(&v, &[]).arg("echo still-serving"), b"", Duration::from_secs(60)));
     assert!(out.contains("still-serving"), "{out}");
+    lab.finish();
+}
+
+/// A process whose output is collected while it runs; killed when dropped.
+struct Watched {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Watched {
+    fn spawn(mut cmd: std::process::Command) -> Watched {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = die_with_parent(&mut cmd).spawn().expect("spawn");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pipes: Vec<Box<dyn std::io::Read + Send>> =
+            vec![Box::new(child.stdout.take().expect("out")), Box::new(child.stderr.take().expect("err"))];
+        for mut r in pipes {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Watched { stdin: child.stdin.take(), child, out }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    fn type_text(&mut self, s: &str) {
+        if let Some(i) = self.stdin.as_mut() {
+            i.write_all(s.as_bytes()).expect("type");
+            i.flush().expect("flush");
+        }
+    }
+
+    /// How long until the output holds `needle` (panics after `timeout`).
+    #[track_caller]
+    fn until(&self, needle: &str, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        while !self.text().contains(needle) {
+            assert!(t0.elapsed() < timeout, "no {needle:?} within {timeout:?}:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t0.elapsed()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SINGLE: &str =
+    "[policy]\nname = \"scale-single\"\n\n[match]\ntargets = [\"plc-line3\"]\n\n[request]\nroles = [\"vendor\"]\n\n\
+     [approval]\napprover_roles = [\"manager\"]\nrequired = 1\n\n[limits]\nmax_duration = \"2h\"\n\n\
+     [channels]\nshell = true\nexec = true\nsftp = true\nforward = []\n";
+
+/// With both nodes polling only every 5 s, an approval made on node B connects the vendor
+/// waiting on node A, and a kill and a revoke end sessions on A, each within a second
+/// (PostgreSQL NOTIFY in the deciding transaction). With notifications off, a kill arrives
+/// within one poll interval.
+#[test]
+fn approvals_kills_and_revokes_reach_another_node_at_once() {
+    let slow = [("PENSTOCK_NODE_POLL_MS", "5000"), ("PENSTOCK_AUTH_MAX_FAILURES", "1000")];
+    let mut lab = Lab::with_options(Backend::Postgres, &[("00-scale.toml", SINGLE)], &slow);
+    let a_port = lab.port();
+    let mut env_b = slow.to_vec();
+    env_b.push(("PENSTOCK_NODE_ID_FILE", "node_id_b"));
+    let b = Gateway::start_env(&lab.install, &env_b);
+
+    // A vendor without a grant waits on A for their request.
+    let vendor = lab.vendor_without_grant();
+    let mut waiting = Watched::spawn(lab.ssh(&vendor, &["-tt"]));
+    waiting.until("Reason", Duration::from_secs(30));
+    waiting.type_text("CHG-9\n");
+    waiting.until("Duration", Duration::from_secs(10));
+    waiting.type_text("\n");
+    waiting.until("pending: 0/1", Duration::from_secs(10));
+    let text = waiting.text();
+    let id: i64 = text
+        .split("request ")
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no request id: {text}"));
+
+    // A manager approves on B.
+    let manager = lab.user_with_role("manager");
+    lab.use_port(b.port);
+    let mut approve = lab.client_with(
+        "ssh",
+        &common::sshd::Answers { password: manager.password.clone(), code: manager.code() },
+        None,
+    );
+    approve.arg(format!("{}@127.0.0.1", manager.name)).arg(format!("approve {id}"));
+    let o = common::sshd::run(&mut approve, b"", Duration::from_secs(60));
+    assert_ok("approve on node B", &o);
+    let took = waiting.until("approved; connecting", Duration::from_secs(15));
+    assert!(took < Duration::from_secs(1), "the approval took {took:?} to reach node A");
+    waiting.type_text("echo CONNECTED-$((40+2))\n");
+    waiting.until("CONNECTED-42", Duration::from_secs(20));
+
+    // A kill issued elsewhere ends it within a second.
+    lab.use_port(a_port);
+    let live = lab.live_session(&vendor.name);
+    let t0 = Instant::now();
+    lab.install.ok(&["session", "kill", live["id"].as_str().expect("id")]);
+    waiting.until("ended by an administrator", Duration::from_secs(15));
+    assert!(t0.elapsed() < Duration::from_secs(1) + Duration::from_millis(300), "kill took {:?}", t0.elapsed());
+
+    // A revoke too.
+    let v2 = lab.vendor();
+    let s2 = Watched::spawn({
+        let mut c = lab.ssh(&v2, &[]);
+        c.arg("echo UP; sleep 300");
+        c
+    });
+    s2.until("UP", Duration::from_secs(30));
+    let t0 = Instant::now();
+    lab.install.ok(&["grant", "revoke", &v2.grant.expect("grant").to_string()]);
+    s2.until("penstock: session", Duration::from_secs(15));
+    assert!(t0.elapsed() < Duration::from_secs(1) + Duration::from_millis(300), "revoke took {:?}", t0.elapsed());
+
+    // Notifications off: the poll (1 s here) is the fallback.
+    lab.restart_gateway(&[("PENSTOCK_NODE_POLL_MS", "1000"), ("PENSTOCK_NODE_NOTIFY", "false")]);
+    let v3 = lab.vendor();
+    let s3 = Watched::spawn({
+        let mut c = lab.ssh(&v3, &[]);
+        c.arg("echo UP; sleep 300");
+        c
+    });
+    s3.until("UP", Duration::from_secs(30));
+    let live = lab.live_session(&v3.name);
+    let t0 = Instant::now();
+    lab.install.ok(&["session", "kill", live["id"].as_str().expect("id")]);
+    s3.until("ended by an administrator", Duration::from_secs(15));
+    assert!(t0.elapsed() < Duration::from_millis(2300), "kill by poll took {:?}", t0.elapsed());
+    drop(b);
     lab.finish();
 }

@@ -146,6 +146,7 @@ pub async fn revoke(app: &App, actor: &str, id: i64) -> Result<()> {
     let mut tx = app.store.begin_write().await?;
     sqlx::query("UPDATE grants SET revoked_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *tx).await?;
     audit::append(&mut tx, &*app.clock, actor, &Event::GrantRevoked { grant_id: id, by: actor.into() }).await?;
+    crate::signals::announce(&mut tx, app.store.backend(), "revoke").await?;
     tx.commit().await?;
     Ok(())
 }

@@ -426,6 +426,7 @@ pub async fn approve(app: &App, who: &User, id: i64, comment: Option<&str>) -> R
         };
         issued = Some((grant, credential));
     }
+    crate::signals::announce(&mut tx, app.store.backend(), "approval").await?;
     tx.commit().await?;
     let now_req = get(app, id).await?;
     match &issued {
@@ -543,6 +544,7 @@ async fn finish(app: &App, id: i64, state: State, by: &str, comment: Option<&str
         return Err(invalid(format!("request {id} was decided in the meantime")));
     }
     audit::append(&mut tx, &*app.clock, by, ev).await?;
+    crate::signals::announce(&mut tx, app.store.backend(), "decision").await?;
     tx.commit().await?;
     Ok(())
 }

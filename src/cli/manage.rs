@@ -428,6 +428,7 @@ pub(crate) async fn policy(config: &Path, cmd: PolicyCmd) -> anyhow::Result<()> 
                 .bind(g.to_string().into_bytes())
                 .execute(&mut *tx)
                 .await?;
+            crate::signals::announce(&mut tx, app.store.backend(), "policy").await?;
             tx.commit().await?;
             println!("{n} policies valid; running servers reload them within 2 s.");
             Ok(())

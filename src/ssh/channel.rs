@@ -255,9 +255,13 @@ impl ChannelTask {
         .await;
         let mut told_upcoming = false;
         let mut next_check = tokio::time::Instant::now();
+        // Decisions made on any node wake the wait at once; the poll is the fallback.
+        let mut signals = crate::signals::subscribe();
+        let poll = Duration::from_millis((app.config.node.poll_ms * 2).clamp(100, 120_000));
         loop {
             if !*eof_seen {
                 tokio::select! {
+                    r = signals.changed() => if r.is_ok() { next_check = tokio::time::Instant::now() },
                     msg = rd.wait() => match msg {
                         Some(ChannelMsg::Data { data }) if self.pty.is_some() && (data.contains(&3) || data.contains(&4)) => {
                             refuse(wr, &format!("request {} stays pending; connect again to wait for it", req.id), 130).await;
@@ -274,9 +278,12 @@ impl ChannelTask {
                     continue;
                 }
             } else {
-                tokio::time::sleep_until(next_check).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_check) => {}
+                    r = signals.changed() => if r.is_err() { tokio::time::sleep_until(next_check).await },
+                }
             }
-            next_check = tokio::time::Instant::now() + Duration::from_secs(1);
+            next_check = tokio::time::Instant::now() + poll;
             let now_req = match requests::get(app, req.id).await {
                 Ok(r) => r,
                 Err(_) => continue, // store hiccup: keep waiting, grant nothing

@@ -248,19 +248,35 @@ pub async fn policy_generation(app: &App) -> Option<i64> {
     String::from_utf8(v).ok()?.parse().ok()
 }
 
-/// Every half second: end sessions whose grant expired (by the injected clock), and ask the
-/// store which live sessions were killed, revoked, or whose user was disabled. A store outage
+/// Every `[node] poll_ms` (half a second), and at once when another node announces a change
+/// (`signals`): end sessions whose grant expired (by the injected clock), and ask the store
+/// which live sessions were killed, revoked, or whose user was disabled. A store outage
 /// keeps sessions running (they are still recorded) and is logged.
 async fn watch_sessions(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let poll_ms = shared.app.config.node.poll_ms.clamp(50, 60_000);
+    let mut tick = tokio::time::interval(Duration::from_millis(poll_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signals = crate::signals::subscribe();
     let mut generation = policy_generation(&shared.app).await;
     let mut n: u64 = 0;
-    let heartbeat_ticks = shared.app.config.node.heartbeat_secs.max(1) * 2;
+    let heartbeat_ticks = (shared.app.config.node.heartbeat_secs.max(1) * 1000 / poll_ms).max(1);
+    let slow_ticks = (2000 / poll_ms).max(1);
     loop {
-        tick.tick().await;
-        n += 1;
-        if n.is_multiple_of(heartbeat_ticks) {
+        // A tick, or another node's change announced (then only the checks below run at once).
+        let signalled = tokio::select! {
+            _ = tick.tick() => false,
+            r = signals.changed() => r.is_ok(),
+        };
+        if signalled {
+            let g = policy_generation(&shared.app).await;
+            if g != generation {
+                generation = g;
+                reload_policies(&shared.app, "policy reload").await;
+            }
+        } else {
+            n += 1;
+        }
+        if !signalled && n.is_multiple_of(heartbeat_ticks) {
             // This node is alive; nodes that are not have their sessions ended.
             if let Err(e) = crate::node::heartbeat(&shared.app).await {
                 tracing::warn!(error = %e, "cannot record the node's heartbeat");
@@ -269,7 +285,7 @@ async fn watch_sessions(shared: Arc<Shared>) {
                 tracing::warn!(error = %format!("{e:#}"), "cannot end the sessions of a lost node");
             }
         }
-        if n.is_multiple_of(4) {
+        if !signalled && n.is_multiple_of(slow_ticks) {
             // Every 2 s: pending requests past their time, and `penstock policy reload`.
             if let Err(e) = crate::access::requests::expire_due(&shared.app).await {
                 tracing::warn!(error = %e, "cannot expire requests");
