@@ -84,6 +84,34 @@ pub enum Command {
     /// Vaulted target secrets: age, rotation, use and reuse.
     #[command(subcommand)]
     Secrets(secrets::SecretsCmd),
+    /// API tokens for the web API (`Authorization: Bearer TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token that acts as USER with USER's role; printed once, stored hashed.
+    Create {
+        /// User the token acts as.
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 90d or 12h (at most a year).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+    /// List tokens (never their values).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token now.
+    Revoke {
+        /// Token id.
+        id: i64,
+    },
 }
 
 /// `policy …`
@@ -402,5 +430,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recordings(c) => evidence::recordings(&cli.config, c).await,
         Command::Siem(c) => evidence::siem(&cli.config, c).await,
         Command::Secrets(c) => secrets::secrets(&cli.config, c).await,
+        Command::Token(c) => manage::token(&cli.config, c).await,
     }
 }

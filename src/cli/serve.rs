@@ -53,6 +53,8 @@ async fn run(mut app: App) -> anyhow::Result<()> {
             crate::ssh::server::reload_policies(&reload_app, "SIGHUP").await;
         }
     });
+    // The console first: once "ssh listener ready" is logged, both listen.
+    crate::web::start(app.clone()).await?;
     let ssh = crate::ssh::server::Server::bind(app.clone()).await?;
     tracing::info!(listen = %ssh.local_addr(), "ssh listener ready");
     let ssh_task = tokio::spawn(ssh.run());
@@ -111,6 +113,12 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     println!("Manager:        ssh -p {port} manager@{ip} requests --pending ; ssh -p {port} manager@{ip} approve ID");
     println!("Break-glass:    {exe} -c {c} grant add --user vendor --target plc-line3 --for 2h");
     println!("Connect:        ssh -p {port} vendor@plc-line3@{ip}   (password, then the 6-digit code)");
+    if cfg.web.enabled {
+        println!(
+            "Web console:    {}   (log in with a password above and the 6-digit code)",
+            crate::web::url(cfg.web.listen)
+        );
+    }
     println!("TLS certificate SHA-256 (web console, RDP): {}", crate::tls_identity::load(&cfg)?.thumbprint());
     println!("Policies in {} decide who approves and when (see README).\n", dir.join("policies").display());
     init_tracing(&cfg);
