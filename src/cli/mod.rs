@@ -49,6 +49,9 @@ pub enum Command {
         /// SSH listen address.
         #[arg(long, default_value = "127.0.0.1:2222")]
         ssh_listen: String,
+        /// Web console listen address (HTTPS).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        web_listen: String,
     },
     /// Run the gateway.
     Serve,
@@ -417,7 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Next: penstock -c {} user add NAME --role admin", path.display());
             Ok(())
         }
-        Command::Quickstart { dir, ssh_listen } => serve::quickstart(&dir, &ssh_listen).await,
+        Command::Quickstart { dir, ssh_listen, web_listen } => serve::quickstart(&dir, &ssh_listen, &web_listen).await,
         Command::Serve => serve::serve(&cli.config).await,
         Command::User(c) => manage::user(&cli.config, c).await,
         Command::Target(c) => manage::target(&cli.config, c).await,

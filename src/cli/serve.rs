@@ -70,7 +70,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
 }
 
 /// Creates `dir` with three users on first use, prints how to log in, and serves.
-pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
+pub async fn quickstart(dir: &Path, ssh_listen: &str, web_listen: &str) -> anyhow::Result<()> {
     let config_path = dir.join("penstock.toml");
     if !config_path.exists() {
         super::init::init(dir, None).await?;
@@ -104,6 +104,7 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     }
     let mut cfg = Config::load(&config_path)?;
     cfg.ssh.listen = ssh_listen.parse().with_context(|| format!("invalid --ssh-listen {ssh_listen:?}"))?;
+    cfg.web.listen = web_listen.parse().with_context(|| format!("invalid --web-listen {web_listen:?}"))?;
     let port = cfg.ssh.listen.port();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "penstock".into());
     let c = config_path.display();

@@ -178,7 +178,8 @@ async fn security_headers(req: Request, next: Next) -> Response {
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: with it Chrome sends `Origin: null` on our own form posts.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
         h.insert(k, HeaderValue::from_static(v));

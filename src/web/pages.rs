@@ -578,6 +578,7 @@ pub(super) fn routes() -> Router<Web> {
     Router::new()
         .route("/", get(index))
         .route("/static/style.css", get(style))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/requests", get(requests_page))
