@@ -431,7 +431,11 @@ fn api_roles_csrf_tokens(b: Backend) {
         assert!(sc.contains(flag), "cookie without {flag}: {sc}");
     }
     let mc = r.session_cookie();
-    let wrong = web.login_with(&m, "not-the-password");
+    let wrong = web.post_form(
+        "/login",
+        Auth::None,
+        &[("user", m.name()), ("password", "not-the-password"), ("code", "123456")],
+    );
     let ghost = web.post_form("/login", Auth::None, &[("user", "nobody-here"), ("password", "x"), ("code", "123456")]);
     assert_eq!((wrong.status, ghost.status), (401, 401));
     assert_eq!(wrong.body, ghost.body, "the login page tells unknown users from wrong passwords");
@@ -521,6 +525,38 @@ fn api_roles_csrf_tokens(b: Backend) {
         assert_eq!(r.status, 303, "{p} with a forged cookie");
     }
 
+    // The manager ends a live session and revokes a grant from the console's pages.
+    let g2 = lab.grant(v1.name(), TARGET, "1h");
+    let mut c = lab.client_with("ssh", &Answers { password: v1.v.password.clone(), code: v1.fresh_code() }, None);
+    c.arg(lab.dest(&v1.v)).arg("echo LIVE-FOR-KILL; sleep 60");
+    let mut live = Live::spawn(&mut c);
+    assert!(live.wait_text("LIVE-FOR-KILL", Duration::from_secs(30)), "{}", live.text());
+    let sid = lab.live_session(v1.name())["id"].as_str().expect("session id").to_string();
+    let page = web.get("/sessions", Auth::Cookie(&mc, None));
+    assert!(
+        page.body.contains(&format!("id=\"session-{sid}\"")) && page.body.contains("End session of"),
+        "{}",
+        page.body
+    );
+    let vpage = web.get("/sessions", Auth::Cookie(&vc, None));
+    assert!(vpage.body.contains(&sid) && !vpage.body.contains("End session of"), "{}", vpage.body);
+    let r = web.post_form(&format!("/sessions/{sid}/kill"), Auth::Cookie(&vc, None), &[("csrf", &vcsrf)]);
+    assert_eq!(r.status, 403, "a vendor ended a session: {}", r.body);
+    let r = web.post_form(&format!("/sessions/{sid}/kill"), Auth::Cookie(&mc, None), &[("csrf", &csrf)]);
+    assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/sessions?done=killed")), "{}", r.body);
+    assert!(live.wait(Duration::from_secs(15)).is_some(), "the session outlived its kill: {}", live.text());
+    let ended = web.get("/api/v1/sessions", Auth::Token(tm)).json();
+    let row = ended.as_array().expect("array").iter().find(|s| s["id"] == sid.as_str()).cloned().expect("session row");
+    assert_eq!(row["end_reason"], "killed", "{row}");
+    let page = web.get("/grants", Auth::Cookie(&mc, None));
+    assert!(page.body.contains(&format!("Revoke grant {g2}")), "{}", page.body);
+    let r = web.post_form(&format!("/grants/{g2}/revoke"), Auth::Cookie(&mc, None), &[("csrf", &csrf)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let g = web.get("/api/v1/grants", Auth::Token(tm)).json();
+    let row = g.as_array().expect("array").iter().find(|x| x["id"] == g2).cloned().expect("grant row");
+    assert!(row["revoked_at"].is_i64(), "{row}");
+    assert!(lab.audit_events("session.kill_requested").iter().any(|e| e["actor"] == m.name()));
+
     // Logout ends the session.
     let r = web.post_form("/logout", Auth::Cookie(&vc, None), &[("csrf", &vcsrf)]);
     assert_eq!(r.status, 303);
@@ -573,7 +609,11 @@ fn lockout_and_idle_timeout(b: Backend) {
     assert_eq!(web.get("/requests", Auth::Cookie(&cookie, None)).status, 303);
 
     for _ in 0..3 {
-        let r = web.login_with(&m, "wrong-password");
+        let r = web.post_form(
+            "/login",
+            Auth::None,
+            &[("user", m.name()), ("password", "wrong-password"), ("code", "000000")],
+        );
         assert_eq!(r.status, 401, "{}", r.body);
     }
     let r = web.login_with(&m, &m.v.password.clone());
@@ -581,12 +621,18 @@ fn lockout_and_idle_timeout(b: Backend) {
     assert!(r.body.contains("Too many failed attempts"), "{}", r.body);
     assert!(r.header("set-cookie").is_none());
     // The same lockout holds over SSH.
-    let mut c = lab.client_with("ssh", &Answers { password: m.v.password.clone(), code: m.fresh_code() }, None);
+    let mut c = lab.client_with("ssh", &Answers { password: m.v.password.clone(), code: m.v.code() }, None);
     c.arg(format!("{}@127.0.0.1", m.name())).arg("whoami");
     let o = common::sshd::run(&mut c, b"", T);
     assert!(!o.status.success(), "ssh logged in during a web lockout: {}", stdout(&o));
     assert!(lab.audit_events("login.locked_out").iter().any(|e| e["details"]["scope"] == format!("user:{}", m.name())));
     assert!(lab.audit_events("login.failed").len() >= 3);
+
+    // `[web] enabled = false`: nothing listens on the console's port.
+    let mut lab = lab;
+    lab.restart_gateway(&[("PENSTOCK_WEB_ENABLED", "false")]);
+    assert!(lab.gateway_log().contains("web console disabled"), "{}", lab.gateway_log());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", lab.web_port())).is_err(), "the disabled console listens");
     lab.finish();
 }
 
