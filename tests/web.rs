@@ -46,9 +46,19 @@ impl Person {
 
     /// A code for a step not used before that the server (±1 step) accepts now.
     fn fresh_code(&self) -> String {
+        self.code_from(-1)
+    }
+
+    /// A code the server accepts for the next 30 s at least (for a browser that takes a while
+    /// to start).
+    fn code_ahead(&self) -> String {
+        self.code_from(1)
+    }
+
+    fn code_from(&self, offset: i64) -> String {
         let mut last = self.last.lock().unwrap();
         let mut cur = now() / 30;
-        let step = (cur - 1).max(*last + 1);
+        let step = (cur + offset).max(*last + 1);
         while step > cur + 1 {
             std::thread::sleep(Duration::from_millis(250));
             cur = now() / 30;
@@ -440,6 +450,28 @@ fn api_roles_csrf_tokens(b: Backend) {
     assert_eq!((wrong.status, ghost.status), (401, 401));
     assert_eq!(wrong.body, ghost.body, "the login page tells unknown users from wrong passwords");
 
+    // Session fixation: a cookie the browser already had is never adopted at login.
+    let planted = "planted-by-an-attacker-000000000000000000000";
+    let code = m.fresh_code();
+    let r = web.call(
+        "POST",
+        "/login",
+        Auth::Cookie(planted, None),
+        Some((
+            "application/x-www-form-urlencoded",
+            format!("user={}&password={}&code={code}", m.name(), urlenc(&m.v.password)),
+        )),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let fresh = r.session_cookie();
+    assert_ne!(fresh, planted);
+    assert_eq!(web.get("/api/v1/whoami", Auth::Cookie(planted, None)).status, 401);
+    assert_eq!(web.get("/api/v1/whoami", Auth::Cookie(&fresh, None)).status, 200);
+    // Tokens count only in the Authorization header, never in the URL.
+    for q in ["token", "access_token", "api_token"] {
+        assert_eq!(web.get(&format!("/api/v1/whoami?{q}={tm}"), Auth::None).status, 401, "?{q}= authenticated");
+    }
+
     // The manager's requests page holds the whole decision context of a new request.
     let r = web.post_json(
         "/api/v1/requests",
@@ -542,11 +574,30 @@ fn api_roles_csrf_tokens(b: Backend) {
     assert!(vpage.body.contains(&sid) && !vpage.body.contains("End session of"), "{}", vpage.body);
     let r = web.post_form(&format!("/sessions/{sid}/kill"), Auth::Cookie(&vc, None), &[("csrf", &vcsrf)]);
     assert_eq!(r.status, 403, "a vendor ended a session: {}", r.body);
+    for bad in [None, Some("wrong")] {
+        let form: Vec<(&str, &str)> = bad.map(|b| vec![("csrf", b)]).unwrap_or_default();
+        let r = web.post_form(&format!("/sessions/{sid}/kill"), Auth::Cookie(&mc, None), &form);
+        assert_eq!(r.status, 403, "a kill without the CSRF token was accepted: {}", r.body);
+        let r = web.post_form(&format!("/grants/{g2}/revoke"), Auth::Cookie(&mc, None), &form);
+        assert_eq!(r.status, 403, "a revoke without the CSRF token was accepted: {}", r.body);
+        assert_eq!(web.call("POST", &format!("/api/v1/sessions/{sid}/kill"), Auth::Cookie(&mc, bad), None).status, 403);
+        assert_eq!(web.call("POST", &format!("/api/v1/grants/{g2}/revoke"), Auth::Cookie(&mc, bad), None).status, 403);
+    }
+    assert!(live.alive(), "the session ended without a valid kill: {}", live.text());
     let r = web.post_form(&format!("/sessions/{sid}/kill"), Auth::Cookie(&mc, None), &[("csrf", &csrf)]);
     assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/sessions?done=killed")), "{}", r.body);
     assert!(live.wait(Duration::from_secs(15)).is_some(), "the session outlived its kill: {}", live.text());
-    let ended = web.get("/api/v1/sessions", Auth::Token(tm)).json();
-    let row = ended.as_array().expect("array").iter().find(|s| s["id"] == sid.as_str()).cloned().expect("session row");
+    // The row is closed after the recorder's final flush, a moment after the client sees the end.
+    let end = Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let all = web.get("/api/v1/sessions", Auth::Token(tm)).json();
+        let row =
+            all.as_array().expect("array").iter().find(|s| s["id"] == sid.as_str()).cloned().expect("session row");
+        if !row["end_reason"].is_null() || Instant::now() > end {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(row["end_reason"], "killed", "{row}");
     let page = web.get("/grants", Auth::Cookie(&mc, None));
     assert!(page.body.contains(&format!("Revoke grant {g2}")), "{}", page.body);
@@ -562,10 +613,10 @@ fn api_roles_csrf_tokens(b: Backend) {
     assert_eq!(r.status, 303);
     assert_eq!(web.get("/api/v1/whoami", Auth::Cookie(&vc, None)).status, 401, "the cookie works after logout");
 
-    // Log out everywhere: the manager's two sessions are listed, then both end.
+    // Log out everywhere: the manager's three sessions are listed, then all end.
     let (mc2, mcsrf2) = web.login(&m);
     let account = web.get("/account", Auth::Cookie(&mc2, None));
-    assert_eq!(account.body.matches("id=\"console-session-").count(), 2, "{}", account.body);
+    assert_eq!(account.body.matches("id=\"console-session-").count(), 3, "{}", account.body);
     let r = web.post_form("/account/sessions/logout-all", Auth::Cookie(&mc2, None), &[("csrf", &mcsrf2)]);
     assert_eq!(r.status, 303);
     assert_eq!(web.get("/api/v1/whoami", Auth::Cookie(&mc, None)).status, 401);
@@ -574,18 +625,18 @@ fn api_roles_csrf_tokens(b: Backend) {
 
     // Audited.
     let logins = lab.audit_events("web.login");
-    assert_eq!(logins.len(), 4, "{logins:?}");
+    assert_eq!(logins.len(), 5, "{logins:?}");
     let reasons: Vec<String> = lab
         .audit_events("web.logout")
         .iter()
         .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(reasons.iter().filter(|r| *r == "logout").count(), 1, "{reasons:?}");
-    assert_eq!(reasons.iter().filter(|r| *r == "logout-all").count(), 2, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "logout-all").count(), 3, "{reasons:?}");
     assert!(lab.audit_events("login.failed").iter().any(|e| e["details"]["user"] == "nobody-here"));
 
     // Token values and cookies are stored only as hashes.
-    for secret in tokens.iter().chain([&mc, &mc2, &vc, &ac]) {
+    for secret in tokens.iter().chain([&mc, &mc2, &vc, &ac, &fresh]) {
         let found: Vec<String> =
             lab.install.find_secret(secret.as_bytes()).into_iter().filter(|f| !f.contains("token create")).collect();
         assert!(found.is_empty(), "a token or cookie is stored: {found:?}");
@@ -681,6 +732,10 @@ impl Live {
         self.text().contains(needle)
     }
 
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_timeout(&mut self.child, timeout)
     }
@@ -733,7 +788,7 @@ fn browser_manager_approves_waiting_ssh() {
         .env("PENSTOCK_URL", format!("https://127.0.0.1:{}/", lab.web_port()))
         .env("PENSTOCK_USER", manager.name())
         .env("PENSTOCK_PASSWORD", &manager.v.password)
-        .env("PENSTOCK_CODE", manager.fresh_code())
+        .env("PENSTOCK_CODE", manager.code_ahead())
         .env("PENSTOCK_REQUEST_ID", id.to_string())
         .env("PENSTOCK_SHOTS", &shots);
     let o = common::sshd::run(&mut node, b"", Duration::from_secs(120));

@@ -34,7 +34,7 @@ const fail = async (page, msg) => {
   process.exit(1);
 };
 const page = context.pages()[0] ?? await context.newPage();
-page.setDefaultTimeout(15000);
+page.setDefaultTimeout(30000);
 await page.goto(url);
 if (!page.url().endsWith('/login')) await fail(page, `not sent to the login page: ${page.url()}`);
 await page.getByLabel('User').fill(user);
