@@ -92,13 +92,27 @@ impl Default for SshConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// Address to listen on.
+    /// Whether `serve` starts the web console and API.
+    pub enabled: bool,
+    /// Address to listen on (HTTPS only).
     pub listen: SocketAddr,
+    /// A console session ends after this many seconds without a request.
+    pub idle_timeout_secs: i64,
+    /// A console session ends this many seconds after its login, whatever happens.
+    pub session_max_secs: i64,
+    /// The plant's time zone (IANA name) pages show times in; UTC is shown on hover.
+    pub time_zone: String,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)) }
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            idle_timeout_secs: 900,
+            session_max_secs: 12 * 3600,
+            time_zone: "UTC".into(),
+        }
     }
 }
 
@@ -534,8 +548,14 @@ window_kib = 8192
 threads = 0
 
 [web]
-# Web console (arrives with the web console issue).
+# Web console and JSON API (/api/v1), HTTPS with the [tls] certificate; plain HTTP is refused.
+enabled = true
 listen = "0.0.0.0:8443"
+# A console login ends after 15 minutes without a request, and 12 hours after it began.
+idle_timeout_secs = 900
+session_max_secs = 43200
+# The plant's time zone for times on pages (UTC on hover), e.g. "Europe/Berlin".
+time_zone = "UTC"
 
 [database]
 # SQLite (embedded default) or PostgreSQL: url = "postgres://penstock@localhost/penstock"

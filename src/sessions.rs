@@ -269,29 +269,53 @@ pub async fn request_kill(app: &App, actor: &str, id_or_prefix: &str) -> Result<
 
 /// Sessions, newest first.
 pub async fn list(app: &App, live_only: bool) -> Result<Vec<SessionRow>> {
+    select(app, if live_only { "WHERE s.ended_at IS NULL" } else { "" }, &[], None).await
+}
+
+/// One session by its full id.
+pub async fn get(app: &App, id: &str) -> Result<Option<SessionRow>> {
+    Ok(select(app, "WHERE s.id = $1", &[id], None).await?.into_iter().next())
+}
+
+/// The latest `limit` sessions of a user on a target, newest first.
+pub async fn recent(app: &App, user_id: i64, target_id: i64, limit: i64) -> Result<Vec<SessionRow>> {
+    let sql =
+        format!("{SESSION_SELECT} WHERE s.user_id = $1 AND s.target_id = $2 ORDER BY s.started_at DESC, s.id LIMIT $3");
+    let rows = sqlx::query(&sql).bind(user_id).bind(target_id).bind(limit).fetch_all(app.store.pool()).await?;
+    rows.iter().map(session_from_row).collect()
+}
+
+const SESSION_SELECT: &str =
+    "SELECT s.id, u.name, t.name, s.client_addr, s.started_at, s.ended_at, s.bytes_up, s.bytes_down, \
+    s.end_reason, s.recording_path, s.recording_sha256, s.grant_id FROM sessions s \
+    LEFT JOIN users u ON u.id = s.user_id LEFT JOIN targets t ON t.id = s.target_id";
+
+async fn select(app: &App, filter: &str, binds: &[&str], limit: Option<i64>) -> Result<Vec<SessionRow>> {
     let sql = format!(
-        "SELECT s.id, u.name, t.name, s.client_addr, s.started_at, s.ended_at, s.bytes_up, s.bytes_down, s.end_reason, \
-         s.recording_path, s.recording_sha256, s.grant_id FROM sessions s \
-         LEFT JOIN users u ON u.id = s.user_id LEFT JOIN targets t ON t.id = s.target_id {} ORDER BY s.started_at DESC, s.id",
-        if live_only { "WHERE s.ended_at IS NULL" } else { "" }
+        "{SESSION_SELECT} {filter} ORDER BY s.started_at DESC, s.id{}",
+        limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default()
     );
-    let rows = sqlx::query(&sql).fetch_all(app.store.pool()).await?;
-    rows.iter()
-        .map(|r| {
-            Ok(SessionRow {
-                id: r.try_get(0)?,
-                user: r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-                target: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
-                client_addr: r.try_get(3)?,
-                started_at: r.try_get(4)?,
-                ended_at: r.try_get(5)?,
-                bytes_up: r.try_get(6)?,
-                bytes_down: r.try_get(7)?,
-                end_reason: r.try_get(8)?,
-                recording_path: r.try_get(9)?,
-                recording_sha256: r.try_get(10)?,
-                grant_id: r.try_get(11)?,
-            })
-        })
-        .collect()
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let rows = q.fetch_all(app.store.pool()).await?;
+    rows.iter().map(session_from_row).collect()
+}
+
+fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.try_get(0)?,
+        user: r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+        target: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        client_addr: r.try_get(3)?,
+        started_at: r.try_get(4)?,
+        ended_at: r.try_get(5)?,
+        bytes_up: r.try_get(6)?,
+        bytes_down: r.try_get(7)?,
+        end_reason: r.try_get(8)?,
+        recording_path: r.try_get(9)?,
+        recording_sha256: r.try_get(10)?,
+        grant_id: r.try_get(11)?,
+    })
 }

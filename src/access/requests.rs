@@ -131,6 +131,33 @@ pub async fn get(app: &App, id: i64) -> Result<Request> {
     row.as_ref().map(from_row).transpose()?.ok_or_else(|| Error::NotFound(format!("unknown request {id}")))
 }
 
+/// One approval of a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    /// Approver's name.
+    pub by: String,
+    /// Their comment.
+    pub comment: Option<String>,
+    /// When (Unix seconds).
+    pub at: i64,
+}
+
+/// The approvals of a request so far, oldest first.
+pub async fn approvals(app: &App, id: i64) -> Result<Vec<Approval>> {
+    let rows = sqlx::query(
+        "SELECT u.name, a.comment, a.at FROM approvals a JOIN users u ON u.id = a.approver_id WHERE a.request_id = $1 ORDER BY a.at, a.id",
+    )
+    .bind(id)
+    .fetch_all(app.store.pool())
+    .await?;
+    rows.iter().map(|r| Ok(Approval { by: r.try_get(0)?, comment: r.try_get(1)?, at: r.try_get(2)? })).collect()
+}
+
+/// The policy a request is governed by, if it still exists.
+pub fn policy_of(app: &App, req: &Request) -> Option<Policy> {
+    policy_named(app, &req.policy).ok()
+}
+
 /// Requests, newest first: of one user, or pending ones, or all.
 pub async fn list(app: &App, user_id: Option<i64>, pending_only: bool) -> Result<Vec<Request>> {
     expire_due(app).await?;

@@ -123,6 +123,14 @@ pub enum Event {
     },
     /// A request or grant state that a crash left inconsistent was repaired on start.
     StateRepaired { what: String, id: i64, detail: String },
+    /// A web console login (after both factors) opened console session `session`.
+    WebLogin { user: String, source: String, session: i64 },
+    /// A web console session ended (`logout`, `logout-all`, `ended-by-user`).
+    WebLogout { user: String, session: i64, reason: String, by: String },
+    /// An API token was made (its value is never stored or recorded).
+    TokenCreated { token_id: i64, user: String, expires_at: i64, by: String },
+    /// An API token was revoked.
+    TokenRevoked { token_id: i64, user: String, by: String },
 }
 
 /// A recording's side file as hashed when its session was closed.
@@ -179,6 +187,10 @@ impl Event {
             Event::NodeLost { .. } => "node.lost",
             Event::SessionInterrupted { .. } => "session.interrupted",
             Event::StateRepaired { .. } => "state.repaired",
+            Event::WebLogin { .. } => "web.login",
+            Event::WebLogout { .. } => "web.logout",
+            Event::TokenCreated { .. } => "token.created",
+            Event::TokenRevoked { .. } => "token.revoked",
         };
         (name, 1)
     }

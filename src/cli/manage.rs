@@ -17,7 +17,8 @@ use crate::targets::{self, CredentialKind, NewTarget};
 use crate::users::{self, NewUser, Role};
 
 use super::{
-    read_stdin_all, read_stdin_line, AuditCmd, CredentialArgs, GrantCmd, PolicyCmd, SessionCmd, TargetCmd, UserCmd,
+    read_stdin_all, read_stdin_line, AuditCmd, CredentialArgs, GrantCmd, PolicyCmd, SessionCmd, TargetCmd, TokenCmd,
+    UserCmd,
 };
 
 const ACTOR: &str = "cli";
@@ -445,6 +446,49 @@ pub(crate) async fn policy(config: &Path, cmd: PolicyCmd) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+pub(crate) async fn token(config: &Path, cmd: TokenCmd) -> anyhow::Result<()> {
+    let app = App::open_path(config).await?;
+    match cmd {
+        TokenCmd::Create { user, expires } => {
+            let secs = access::parse_duration(&expires)?;
+            let (id, value) = crate::tokens::create(&app, ACTOR, &user, secs).await?;
+            println!("Token {id} for {user}, valid until {} (shown only now):", fmt_ts(app.clock.now() + secs));
+            println!("{}", value.expose_str().unwrap_or(""));
+        }
+        TokenCmd::List { json } => {
+            let list = crate::tokens::list(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let now = app.clock.now();
+                println!("{:<6} {:<16} {:<24} {:<24} {:<8}", "ID", "USER", "CREATED", "EXPIRES", "STATE");
+                for t in list {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if t.expires_at <= now {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<6} {:<16} {:<24} {:<24} {:<8}",
+                        t.id,
+                        t.user,
+                        fmt_ts(t.created_at),
+                        fmt_ts(t.expires_at),
+                        state
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            crate::tokens::revoke(&app, ACTOR, id).await?;
+            println!("Token {id} revoked.");
+        }
+    }
+    Ok(())
 }
 
 /// `penstock nodes`.

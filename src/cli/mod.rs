@@ -49,6 +49,9 @@ pub enum Command {
         /// SSH listen address.
         #[arg(long, default_value = "127.0.0.1:2222")]
         ssh_listen: String,
+        /// Web console listen address (HTTPS).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        web_listen: String,
     },
     /// Run the gateway.
     Serve,
@@ -89,6 +92,34 @@ pub enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// API tokens for the web API (`Authorization: Bearer TOKEN`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token that acts as USER with USER's role; printed once, stored hashed.
+    Create {
+        /// User the token acts as.
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 90d or 12h (at most a year).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+    /// List tokens (never their values).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token now.
+    Revoke {
+        /// Token id.
+        id: i64,
     },
 }
 
@@ -395,7 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Next: penstock -c {} user add NAME --role admin", path.display());
             Ok(())
         }
-        Command::Quickstart { dir, ssh_listen } => serve::quickstart(&dir, &ssh_listen).await,
+        Command::Quickstart { dir, ssh_listen, web_listen } => serve::quickstart(&dir, &ssh_listen, &web_listen).await,
         Command::Serve => serve::serve(&cli.config).await,
         Command::User(c) => manage::user(&cli.config, c).await,
         Command::Target(c) => manage::target(&cli.config, c).await,
@@ -409,5 +440,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Siem(c) => evidence::siem(&cli.config, c).await,
         Command::Secrets(c) => secrets::secrets(&cli.config, c).await,
         Command::Nodes { json } => manage::nodes(&cli.config, json).await,
+        Command::Token(c) => manage::token(&cli.config, c).await,
     }
 }

@@ -54,6 +54,8 @@ async fn run(mut app: App) -> anyhow::Result<()> {
             crate::ssh::server::reload_policies(&reload_app, "SIGHUP").await;
         }
     });
+    // The console first: once "ssh listener ready" is logged, both listen.
+    crate::web::start(app.clone()).await?;
     let ssh = crate::ssh::server::Server::bind(app.clone()).await?;
     tracing::info!(listen = %ssh.local_addr(), "ssh listener ready");
     let ssh_task = tokio::spawn(ssh.run());
@@ -69,7 +71,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
 }
 
 /// Creates `dir` with three users on first use, prints how to log in, and serves.
-pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
+pub async fn quickstart(dir: &Path, ssh_listen: &str, web_listen: &str) -> anyhow::Result<()> {
     let config_path = dir.join("penstock.toml");
     if !config_path.exists() {
         super::init::init(dir, None).await?;
@@ -103,6 +105,7 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     }
     let mut cfg = Config::load(&config_path)?;
     cfg.ssh.listen = ssh_listen.parse().with_context(|| format!("invalid --ssh-listen {ssh_listen:?}"))?;
+    cfg.web.listen = web_listen.parse().with_context(|| format!("invalid --web-listen {web_listen:?}"))?;
     let port = cfg.ssh.listen.port();
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "penstock".into());
     let c = config_path.display();
@@ -112,6 +115,12 @@ pub async fn quickstart(dir: &Path, ssh_listen: &str) -> anyhow::Result<()> {
     println!("Manager:        ssh -p {port} manager@{ip} requests --pending ; ssh -p {port} manager@{ip} approve ID");
     println!("Break-glass:    {exe} -c {c} grant add --user vendor --target plc-line3 --for 2h");
     println!("Connect:        ssh -p {port} vendor@plc-line3@{ip}   (password, then the 6-digit code)");
+    if cfg.web.enabled {
+        println!(
+            "Web console:    {}   (log in with a password above and the 6-digit code)",
+            crate::web::url(cfg.web.listen)
+        );
+    }
     println!("TLS certificate SHA-256 (web console, RDP): {}", crate::tls_identity::load(&cfg)?.thumbprint());
     println!("Policies in {} decide who approves and when (see README).\n", dir.join("policies").display());
     init_tracing(&cfg);
