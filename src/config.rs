@@ -15,6 +15,8 @@ pub struct Config {
     pub ssh: SshConfig,
     /// Web console.
     pub web: WebConfig,
+    /// RDP front end.
+    pub rdp: RdpConfig,
     /// Store.
     pub database: DatabaseConfig,
     /// Session recordings.
@@ -97,6 +99,31 @@ pub struct WebConfig {
 impl Default for WebConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([0, 0, 0, 0], 8443)) }
+    }
+}
+
+/// `[rdp]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdpConfig {
+    /// Whether `serve` opens the RDP listener.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Seconds a vendor has from the TCP accept to finish NLA.
+    pub login_timeout_secs: u64,
+    /// RDP connections at once (logging in or relaying); more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for RdpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 3389)),
+            login_timeout_secs: 30,
+            max_connections: 256,
+        }
     }
 }
 
@@ -318,6 +345,7 @@ pub enum SiemKind {
 const SECTIONS: &[&str] = &[
     "ssh",
     "web",
+    "rdp",
     "database",
     "recordings",
     "vault",
@@ -498,6 +526,12 @@ threads = 0
 [web]
 # Web console (arrives with the web console issue).
 listen = "0.0.0.0:8443"
+
+[rdp]
+# RDP front end: vendors connect with mstsc/xfreerdp as USER@TARGET and the grant credential
+# (NLA required); the gateway's certificate is the one in [tls].
+enabled = true
+listen = "0.0.0.0:3389"
 
 [database]
 # SQLite (embedded default) or PostgreSQL: url = "postgres://penstock@localhost/penstock"

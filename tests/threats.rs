@@ -38,7 +38,10 @@ fn start_gateway(i: &Install, extra_env: &[(&str, &str)]) -> Gateway {
     let port = free_port();
     let log = std::fs::File::create(i.dir().join("gateway.log")).expect("log");
     let mut cmd = i.command(&["serve"]);
-    cmd.env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}")).stdout(Stdio::null()).stderr(log);
+    cmd.env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PENSTOCK_RDP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(log);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -383,6 +383,8 @@ pub struct Gateway {
     child: Child,
     /// Loopback port it listens on.
     pub port: u16,
+    /// Loopback port its RDP listener is on.
+    pub rdp_port: u16,
     /// Its log (stdout and stderr).
     pub log: PathBuf,
 }
@@ -397,6 +399,7 @@ impl Gateway {
     /// Like [`Gateway::start`] with extra environment (e.g. `PENSTOCK_*` overrides).
     pub fn start_env(install: &Install, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
+        let rdp_port = free_port();
         let log = install.dir().join("gateway.log");
         // A gateway started again on the same installation: its readiness is read from a fresh
         // log (the earlier run's log moves to gateway.log.old).
@@ -411,6 +414,7 @@ impl Gateway {
             install
                 .command(&["serve"])
                 .env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
+                .env("PENSTOCK_RDP_LISTEN", format!("127.0.0.1:{rdp_port}"))
                 .env("NO_COLOR", "1")
                 .envs(env.iter().copied())
                 .stdout(logf.try_clone().expect("dup"))
@@ -419,7 +423,7 @@ impl Gateway {
         .spawn()
         .expect("cannot run penstock serve");
         wait_for_text(&log, "ssh listener ready", Duration::from_secs(20), &mut child, "penstock serve");
-        Gateway { child, port, log }
+        Gateway { child, port, rdp_port, log }
     }
 
     /// Its log so far.
