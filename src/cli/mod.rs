@@ -370,12 +370,16 @@ pub(crate) fn read_stdin_all(what: &str) -> anyhow::Result<Secret> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    // Behave like other Unix tools when a pipe reader goes away (`penstock … | head`).
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands behave like other Unix tools when a pipe reader goes away (`penstock … | head`).
+    // The server keeps SIGPIPE ignored: a peer that vanishes mid-write (an RDP client closing
+    // its socket) must end that connection with EPIPE, never the gateway.
+    if !matches!(cli.command, Command::Serve | Command::Quickstart { .. }) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     let threads = match cli.command {
         // A bad config is reported by `serve` itself, with file, line and key.

@@ -165,6 +165,7 @@ where
         let bytes =
             framed.read_by_hint(&TsRequestHint).await.map_err(|e| RdpError::Protocol(format!("CredSSP: {e}")))?;
         let request = TsRequest::from_buffer(&bytes).map_err(|e| RdpError::Protocol(format!("CredSSP: {e}")))?;
+        tracing::debug!(len = bytes.len(), "CredSSP message from the vendor");
         let result = {
             let mut generator = server.process(request);
             let mut state = generator.start();
@@ -179,6 +180,7 @@ where
                 }
             }
         };
+        tracing::debug!(ok = result.is_ok(), "CredSSP step");
         match result {
             Ok(ServerState::ReplyNeeded(ts)) => write_ts(framed, &ts).await?,
             Ok(ServerState::Finished(_delegated)) => break Ok(()),
