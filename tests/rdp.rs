@@ -206,11 +206,16 @@ impl Lab {
 
     /// alice asks, mia approves: the grant id and its one-time credential.
     fn grant(&self, who: &str) -> (i64, String) {
+        self.grant_on(who, TARGET)
+    }
+
+    /// `who` asks for `target`, mia approves: the grant id and its one-time credential.
+    fn grant_on(&self, who: &str, target: &str) -> (i64, String) {
         common::block_on(async {
             let app = self.i.app().await;
             app.load_policies().expect("policies");
             let u = users::get(&app, who).await.expect("user");
-            let ask = Ask { target: TARGET.into(), duration: 3600, reason: "CHG-77 HMI update".into(), start: None };
+            let ask = Ask { target: target.into(), duration: 3600, reason: "CHG-77 HMI update".into(), start: None };
             let r = requests::create(&app, &u, &ask).await.expect("request");
             let mia = users::get(&app, "mia").await.expect("mia");
             let r = requests::approve(&app, &mia, r.id, None).await.expect("approve");
@@ -275,7 +280,8 @@ impl Lab {
 
 /// `target add --fetch-cert` pins the target's real thumbprint; `target show` shows it; the
 /// grant credential logs in over NLA while the grant lives, and not after revoke or expiry;
-/// a wrong credential and a missing grant are refused, audited and counted.
+/// a wrong credential and a missing grant are refused, audited and counted, and never reach
+/// the target (a probe target counts its connections); the vaulted password leaks nowhere.
 #[test]
 fn rdp_grant_credential_works_only_while_the_grant_lives() {
     let lab = Lab::new(None);
@@ -303,6 +309,48 @@ fn rdp_grant_credential_works_only_while_the_grant_lives() {
     let n = lab.i.exec_sql("DELETE FROM auth_failures WHERE scope = 'user:alice'");
     assert!(n >= 2, "alice's failures were counted ({n})");
     lab.i.exec_sql("DELETE FROM auth_failures"); // the address's failures count too
+
+    // Refused logins never reach the target: a target that counts its TCP connections sees
+    // none for a wrong credential or a user without a grant, and one for a good login.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+    let probe_port = probe.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for c in probe.incoming() {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    lab.i.ok_stdin(
+        &[
+            "target",
+            "add",
+            "hmi-probe",
+            "--protocol",
+            "rdp",
+            "--address",
+            &format!("127.0.0.1:{probe_port}"),
+            "--login",
+            LOGIN,
+            "--password-stdin",
+            "--cert-sha256",
+            &"BB".repeat(32),
+        ],
+        format!("{VAULT_PW}\n").as_bytes(),
+    );
+    let (_, probe_cred) = lab.grant_on("alice", "hmi-probe");
+    assert_ne!(lab.auth_only("alice@hmi-probe", "wrong-credential-456"), 0);
+    assert_ne!(lab.auth_only("bob@hmi-probe", &probe_cred), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "a refused login reached the target");
+    lab.auth_only("alice@hmi-probe", &probe_cred);
+    let end = Instant::now() + Duration::from_secs(5);
+    while hits.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "a good login goes on to the target");
+    lab.i.exec_sql("DELETE FROM auth_failures");
 
     // Revoked: refused.
     common::block_on(async {
