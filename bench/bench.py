@@ -390,6 +390,9 @@ class Gateway:
             "PENSTOCK_RECORDINGS_ENABLED": "true" if self.recording else "false",
             # The benchmark logs in a thousand times from one address; a lockout would end the run.
             "PENSTOCK_AUTH_MAX_FAILURES": "1000000",
+            # One SSH gateway per variant: the web console and RDP listeners would share ports.
+            "PENSTOCK_WEB_ENABLED": "false",
+            "PENSTOCK_RDP_ENABLED": "false",
             "PENSTOCK_SSH_MAX_PENDING_LOGINS": "256",
             # Every benchmark vendor logs in from 127.0.0.1 (the jump sshd gets MaxStartups 2000 for
             # the same reason); the default of 16 per source would drop logins while 100 stream.

@@ -15,6 +15,8 @@ pub struct Config {
     pub ssh: SshConfig,
     /// Web console.
     pub web: WebConfig,
+    /// RDP front end.
+    pub rdp: RdpConfig,
     /// Store.
     pub database: DatabaseConfig,
     /// Session recordings.
@@ -112,6 +114,31 @@ impl Default for WebConfig {
             idle_timeout_secs: 900,
             session_max_secs: 12 * 3600,
             time_zone: "UTC".into(),
+        }
+    }
+}
+
+/// `[rdp]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdpConfig {
+    /// Whether `serve` opens the RDP listener.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Seconds a vendor has from the TCP accept to finish NLA.
+    pub login_timeout_secs: u64,
+    /// RDP connections at once (logging in or relaying); more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for RdpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 3389)),
+            login_timeout_secs: 30,
+            max_connections: 256,
         }
     }
 }
@@ -369,6 +396,7 @@ pub enum SiemKind {
 const SECTIONS: &[&str] = &[
     "ssh",
     "web",
+    "rdp",
     "database",
     "recordings",
     "vault",
@@ -556,6 +584,12 @@ idle_timeout_secs = 900
 session_max_secs = 43200
 # The plant's time zone for times on pages (UTC on hover), e.g. "Europe/Berlin".
 time_zone = "UTC"
+
+[rdp]
+# RDP front end: vendors connect with mstsc/xfreerdp as USER@TARGET and the grant credential
+# (NLA required); the gateway's certificate is the one in [tls].
+enabled = true
+listen = "0.0.0.0:3389"
 
 [database]
 # SQLite (embedded default) or PostgreSQL: url = "postgres://penstock@localhost/penstock"

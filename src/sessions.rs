@@ -68,6 +68,8 @@ pub struct SessionRow {
     pub recording_sha256: Option<String>,
     /// Grant it runs under.
     pub grant_id: Option<i64>,
+    /// Front end: `ssh` or `rdp`.
+    pub protocol: String,
 }
 
 /// A new random session id.
@@ -97,13 +99,15 @@ pub struct Start<'a> {
     pub client_addr: &'a str,
     /// Recording file, when recorded.
     pub recording_path: Option<&'a str>,
+    /// Front end: `ssh` or `rdp`.
+    pub protocol: &'a str,
 }
 
 /// Writes the row and the audit event.
 pub async fn start(app: &App, s: &Start<'_>) -> Result<()> {
     let mut tx = app.store.begin_write().await?;
     sqlx::query(
-        "INSERT INTO sessions (id, user_id, target_id, grant_id, client_addr, started_at, recording_path, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO sessions (id, user_id, target_id, grant_id, client_addr, started_at, recording_path, node_id, protocol) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(s.id)
     .bind(s.user_id)
@@ -113,6 +117,7 @@ pub async fn start(app: &App, s: &Start<'_>) -> Result<()> {
     .bind(app.clock.now())
     .bind(s.recording_path.map(str::to_string))
     .bind((!app.node_id.is_empty()).then(|| app.node_id.to_string()))
+    .bind(s.protocol)
     .execute(&mut *tx)
     .await?;
     audit::append(
@@ -287,7 +292,7 @@ pub async fn recent(app: &App, user_id: i64, target_id: i64, limit: i64) -> Resu
 
 const SESSION_SELECT: &str =
     "SELECT s.id, u.name, t.name, s.client_addr, s.started_at, s.ended_at, s.bytes_up, s.bytes_down, \
-    s.end_reason, s.recording_path, s.recording_sha256, s.grant_id FROM sessions s \
+    s.end_reason, s.recording_path, s.recording_sha256, s.grant_id, s.protocol FROM sessions s \
     LEFT JOIN users u ON u.id = s.user_id LEFT JOIN targets t ON t.id = s.target_id";
 
 async fn select(app: &App, filter: &str, binds: &[&str], limit: Option<i64>) -> Result<Vec<SessionRow>> {
@@ -317,5 +322,6 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRow> {
         recording_path: r.try_get(9)?,
         recording_sha256: r.try_get(10)?,
         grant_id: r.try_get(11)?,
+        protocol: r.try_get(12)?,
     })
 }

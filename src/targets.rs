@@ -49,7 +49,7 @@ pub struct Target {
     pub id: i64,
     /// Name vendors use (`alice@NAME`).
     pub name: String,
-    /// `ssh` (`rdp` later).
+    /// `ssh` or `rdp`.
     pub protocol: String,
     /// Host name or address.
     pub host: String,
@@ -70,6 +70,10 @@ pub struct Target {
     /// Whether the gateway may use legacy SSH algorithms (SHA-1, CBC, finite-field DH) towards
     /// this target (`--legacy-crypto`).
     pub legacy_crypto: bool,
+    /// RDP: the pinned SHA-256 thumbprint of the target's TLS certificate (`AB:CD:…`).
+    pub cert_sha256: Option<String>,
+    /// RDP: log in with NLA (CredSSP); false puts the vaulted account in the Client Info PDU.
+    pub rdp_nla: bool,
 }
 
 impl Target {
@@ -89,8 +93,7 @@ impl Target {
     }
 }
 
-const COLUMNS: &str =
-    "id, name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, legacy_crypto";
+const COLUMNS: &str = "id, name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, legacy_crypto, cert_sha256, rdp_nla";
 
 fn from_row(r: &AnyRow) -> Result<Target> {
     let kind: String = r.try_get(6)?;
@@ -108,11 +111,18 @@ fn from_row(r: &AnyRow) -> Result<Target> {
         zone: r.try_get(9)?,
         criticality: r.try_get(10)?,
         legacy_crypto: r.try_get::<i64, _>(11)? != 0,
+        cert_sha256: r.try_get(12)?,
+        rdp_nla: r.try_get::<i64, _>(13)? != 0,
     })
 }
 
 /// Splits `host:port` (or `[v6]:port`; port defaults to 22).
 pub fn parse_address(addr: &str) -> Result<(String, u16)> {
+    parse_address_or(addr, 22)
+}
+
+/// Splits `host:port` (or `[v6]:port`), with the port `default_port` when none is given.
+pub fn parse_address_or(addr: &str, default_port: u16) -> Result<(String, u16)> {
     let bad = || invalid(format!("invalid address {addr:?}: expected HOST:PORT"));
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
         let (h, p) = rest.split_once(']').ok_or_else(bad)?;
@@ -126,7 +136,7 @@ pub fn parse_address(addr: &str) -> Result<(String, u16)> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad());
     }
-    let port = if port.is_empty() { 22 } else { port.parse::<u16>().map_err(|_| bad())? };
+    let port = if port.is_empty() { default_port } else { port.parse::<u16>().map_err(|_| bad())? };
     if port == 0 {
         return Err(bad());
     }
@@ -138,7 +148,7 @@ pub fn parse_address(addr: &str) -> Result<(String, u16)> {
 pub struct NewTarget {
     /// Name.
     pub name: String,
-    /// `ssh`.
+    /// `ssh` or `rdp`.
     pub protocol: String,
     /// `host:port`.
     pub address: String,
@@ -156,6 +166,20 @@ pub struct NewTarget {
     pub criticality: Option<String>,
     /// Allow legacy SSH algorithms towards it.
     pub legacy_crypto: bool,
+    /// RDP: pinned certificate thumbprint (SHA-256 hex, with or without colons).
+    pub cert_sha256: Option<String>,
+    /// RDP: NLA towards the target (else auto-logon through Client Info).
+    pub rdp_nla: bool,
+}
+
+/// Normalizes a SHA-256 thumbprint (hex, any case, colons or not) to `AB:CD:…`.
+pub fn normalize_thumbprint(s: &str) -> Result<String> {
+    let hex_only: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&hex_only)
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| invalid("a certificate thumbprint is 64 hexadecimal digits (SHA-256)"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
 }
 
 /// Validates a credential before it is sealed.
@@ -172,12 +196,28 @@ fn check_credential(kind: CredentialKind, secret: &Secret) -> Result<()> {
 /// Creates a target with its sealed credential, in one transaction.
 pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
     check_name("target", &t.name)?;
-    if t.protocol != "ssh" {
-        return Err(invalid(format!("unsupported protocol {:?} (supported: ssh)", t.protocol)));
-    }
-    let (host, port) = parse_address(&t.address)?;
+    let rdp = match t.protocol.as_str() {
+        "ssh" => false,
+        "rdp" => true,
+        _ => return Err(invalid(format!("unsupported protocol {:?} (supported: ssh, rdp)", t.protocol))),
+    };
+    let (host, port) = parse_address_or(&t.address, if rdp { 3389 } else { 22 })?;
     if t.login.is_empty() {
         return Err(invalid("--login is required"));
+    }
+    let cert_sha256 = match (&t.cert_sha256, rdp) {
+        (Some(c), true) => Some(normalize_thumbprint(c)?),
+        (None, true) => {
+            return Err(invalid("an RDP target's certificate must be pinned: give --cert-sha256 or --fetch-cert"))
+        }
+        (Some(_), false) => return Err(invalid("--cert-sha256 is for RDP targets; SSH targets pin a host key")),
+        (None, false) => None,
+    };
+    if rdp && t.credential.0 != CredentialKind::Password {
+        return Err(invalid("an RDP target's credential is a password (--password-stdin)"));
+    }
+    if rdp && (t.host_key.is_some() || t.legacy_crypto) {
+        return Err(invalid("--host-key and --legacy-crypto are for SSH targets"));
     }
     let host_key = match &t.host_key {
         Some(line) => {
@@ -192,8 +232,8 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
     }
     let mut tx = app.store.begin_write().await?;
     let id: i64 = sqlx::query(
-        "INSERT INTO targets (name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, created_at, legacy_crypto) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        "INSERT INTO targets (name, protocol, host, port, login, credential_kind, host_key, site, zone, criticality, created_at, legacy_crypto, cert_sha256, rdp_nla) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
     )
     .bind(&t.name)
     .bind(&t.protocol)
@@ -207,6 +247,8 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
     .bind(t.criticality.clone())
     .bind(app.clock.now())
     .bind(i64::from(t.legacy_crypto))
+    .bind(cert_sha256.clone())
+    .bind(i64::from(t.rdp_nla))
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| conflict_or(e, || format!("target {:?} already exists", t.name)))?
@@ -225,6 +267,8 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
         zone: t.zone.clone(),
         criticality: t.criticality.clone(),
         legacy_crypto: t.legacy_crypto,
+        cert_sha256: cert_sha256.clone(),
+        rdp_nla: t.rdp_nla,
     };
     audit::append(
         &mut tx,
@@ -243,8 +287,42 @@ pub async fn add(app: &App, actor: &str, t: NewTarget) -> Result<Target> {
         let ev = Event::TargetLegacyCrypto { target: t.name.clone(), allowed: true };
         audit::append(&mut tx, &*app.clock, actor, &ev).await?;
     }
+    if let Some(c) = &cert_sha256 {
+        let ev = Event::TargetRdpSettings { target: t.name.clone(), cert_sha256: c.clone(), nla: t.rdp_nla };
+        audit::append(&mut tx, &*app.clock, actor, &ev).await?;
+    }
     tx.commit().await?;
     Ok(target)
+}
+
+/// Changes an RDP target's pinned certificate and/or NLA choice (audited).
+pub async fn set_rdp(
+    app: &App,
+    actor: &str,
+    name: &str,
+    cert_sha256: Option<&str>,
+    nla: Option<bool>,
+) -> Result<Target> {
+    let target = get(app, name).await?;
+    if target.protocol != "rdp" {
+        return Err(invalid(format!("target {name:?} is not an RDP target")));
+    }
+    let cert = match cert_sha256 {
+        Some(c) => normalize_thumbprint(c)?,
+        None => target.cert_sha256.clone().ok_or_else(|| invalid("the target has no pinned certificate"))?,
+    };
+    let nla = nla.unwrap_or(target.rdp_nla);
+    let mut tx = app.store.begin_write().await?;
+    sqlx::query("UPDATE targets SET cert_sha256 = $1, rdp_nla = $2 WHERE id = $3")
+        .bind(&cert)
+        .bind(i64::from(nla))
+        .bind(target.id)
+        .execute(&mut *tx)
+        .await?;
+    let ev = Event::TargetRdpSettings { target: target.name.clone(), cert_sha256: cert, nla };
+    audit::append(&mut tx, &*app.clock, actor, &ev).await?;
+    tx.commit().await?;
+    get(app, name).await
 }
 
 /// Allows or forbids legacy SSH algorithms towards a target (audited).
@@ -376,5 +454,21 @@ mod tests {
         assert_eq!(parse_address("[::1]:2200").unwrap(), ("::1".into(), 2200));
         assert!(parse_address("host:99999").is_err());
         assert!(parse_address(":22").is_err());
+    }
+}
+
+#[cfg(test)]
+mod rdp_tests {
+    use super::*;
+
+    #[test]
+    fn thumbprints_are_normalized() {
+        let hex_lower = "ab".repeat(32);
+        let want = vec!["AB"; 32].join(":");
+        assert_eq!(normalize_thumbprint(&hex_lower).unwrap(), want);
+        assert_eq!(normalize_thumbprint(&want.to_lowercase()).unwrap(), want);
+        assert!(normalize_thumbprint("AB:CD").is_err(), "too short");
+        assert!(normalize_thumbprint(&"zz".repeat(32)).is_err(), "not hex");
+        assert_eq!(parse_address_or("10.0.3.20", 3389).unwrap(), ("10.0.3.20".to_string(), 3389));
     }
 }

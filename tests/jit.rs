@@ -272,6 +272,8 @@ impl Env {
                     zone: None,
                     criticality: None,
                     legacy_crypto: false,
+                    cert_sha256: None,
+                    rdp_nla: true,
                 },
             )
             .await

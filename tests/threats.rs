@@ -40,6 +40,7 @@ fn start_gateway(i: &Install, extra_env: &[(&str, &str)]) -> Gateway {
     let mut cmd = i.command(&["serve"]);
     cmd.env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
         .env("PENSTOCK_WEB_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("PENSTOCK_RDP_LISTEN", format!("127.0.0.1:{}", free_port()))
         .stdout(Stdio::null())
         .stderr(log);
     for (k, v) in extra_env {

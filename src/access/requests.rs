@@ -611,24 +611,34 @@ pub async fn grant_credential(app: &App, grant_id: i64) -> Result<Option<Secret>
 
 /// Whether `password` is the credential of a grant of `user_id` on `target` live now.
 pub async fn grant_credential_matches(app: &App, user_id: i64, target: &str, password: &Secret) -> Result<bool> {
-    let Ok(t) = targets::get(app, target).await else { return Ok(false) };
+    for c in live_grant_credentials(app, user_id, target).await? {
+        let (a, b) = (c.expose(), password.expose());
+        if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The credentials of `user_id`'s grants on `target` live now (newest first, at most 4): for
+/// challenge-response logins (NTLM) that need the plaintext to check a response.
+pub async fn live_grant_credentials(app: &App, user_id: i64, target: &str) -> Result<Vec<Secret>> {
+    let Ok(t) = targets::get(app, target).await else { return Ok(Vec::new()) };
     let now = app.clock.now();
-    let rows = sqlx::query("SELECT id FROM grants WHERE user_id = $1 AND target_id = $2 AND revoked_at IS NULL AND valid_from <= $3 AND valid_until > $3")
+    let rows = sqlx::query("SELECT id FROM grants WHERE user_id = $1 AND target_id = $2 AND revoked_at IS NULL AND valid_from <= $3 AND valid_until > $3 ORDER BY id DESC LIMIT 4")
         .bind(user_id)
         .bind(t.id)
         .bind(now)
         .fetch_all(app.store.pool())
         .await?;
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let gid: i64 = r.try_get(0)?;
         if let Some(c) = grant_credential(app, gid).await? {
-            let (a, b) = (c.expose(), password.expose());
-            if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
-                return Ok(true);
-            }
+            out.push(c);
         }
     }
-    Ok(false)
+    Ok(out)
 }
 
 /// Revokes the grant of request `id` (or grant `id` with `is_grant`): managers and admins, or

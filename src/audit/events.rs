@@ -29,6 +29,10 @@ pub enum Event {
     },
     /// A target was removed.
     TargetRemoved { target: String },
+    /// An RDP target's pinned certificate thumbprint and NLA choice were set.
+    TargetRdpSettings { target: String, cert_sha256: String, nla: bool },
+    /// An RDP target presented a TLS certificate other than the pinned one.
+    CertMismatch { target: String, expected: Option<String>, presented: String },
     /// A target's secret got a new version.
     SecretRotated { target: String, kind: String, version: i64 },
     /// A login succeeded.
@@ -156,6 +160,8 @@ impl Event {
             Event::UserKeyRemoved { .. } => "user.key_removed",
             Event::TargetAdded { .. } => "target.added",
             Event::TargetRemoved { .. } => "target.removed",
+            Event::TargetRdpSettings { .. } => "target.rdp_settings",
+            Event::CertMismatch { .. } => "target.cert_mismatch",
             Event::SecretRotated { .. } => "target.secret_rotated",
             Event::LoginSucceeded { .. } => "login.succeeded",
             Event::LoginFailed { .. } => "login.failed",

@@ -260,6 +260,67 @@ pub async fn second_factor(
     }
 }
 
+/// What a challenge-response login (NTLM inside RDP's CredSSP) may accept for `USER@TARGET`:
+/// the front end's protocol library checks the response against these and reports the outcome
+/// with [`challenge_login_result`].
+#[derive(Debug, Default)]
+pub struct GrantCandidates {
+    /// The user, when it exists and may log in now.
+    pub principal: Option<Principal>,
+    /// Credentials of the user's grants on the target that are live now.
+    pub credentials: Vec<Secret>,
+}
+
+/// The live grant credentials of `name` on `target`, unless `name` or `source` is locked out.
+/// An unknown or unusable user gets no candidates (so the check fails as for a wrong
+/// credential); the failure is counted by [`challenge_login_result`].
+pub async fn grant_candidates(
+    app: &App,
+    name: &str,
+    target: &str,
+    source: IpAddr,
+) -> Result<GrantCandidates, AuthError> {
+    if locked(app, name, source).await? {
+        return Err(AuthError::LockedOut);
+    }
+    let Some(u) = users::find(app, name).await.map_err(unavailable)? else {
+        return Ok(GrantCandidates::default());
+    };
+    if !u.usable_at(app.clock.now()) {
+        return Ok(GrantCandidates::default());
+    }
+    let credentials = crate::access::requests::live_grant_credentials(app, u.id, target).await.map_err(unavailable)?;
+    Ok(GrantCandidates { principal: Some(Principal { user_id: u.id, name: u.name, role: u.role }), credentials })
+}
+
+/// Records the outcome of a challenge-response login checked against [`grant_candidates`]:
+/// success is audited and clears the user's failures; failure (with `reason`) is audited and
+/// counts towards lockout like a wrong SSH password.
+pub async fn challenge_login_result(
+    app: &App,
+    name: &str,
+    source: IpAddr,
+    method: &str,
+    outcome: Result<(), &str>,
+) -> Result<(), AuthError> {
+    if let Err(reason) = outcome {
+        return Err(fail(app, name, source, &format!("{method}: {reason}")).await);
+    }
+    let res: Result<(), sqlx::Error> = async {
+        let mut tx = app.store.begin_write().await?;
+        sqlx::query("DELETE FROM auth_failures WHERE scope = $1")
+            .bind(format!("user:{name}"))
+            .execute(&mut *tx)
+            .await?;
+        let ev =
+            Event::LoginSucceeded { user: name.to_string(), method: method.to_string(), source: source.to_string() };
+        audit::append(&mut tx, &*app.clock, name, &ev).await?;
+        tx.commit().await
+    }
+    .await;
+    res.map_err(unavailable)
+}
+
 /// Both factors at once (password + code).
 pub async fn login_password(
     app: &App,

@@ -115,6 +115,12 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
     if !store.exists(&loc) {
         bail!("the recording of session {id} is no longer stored ({})", store.file_name(&loc));
     }
+    if crate::recording::frames::is_frames(&loc) {
+        bail!(
+            "session {id} is an RDP session: its recording ({}) holds the target's RDP stream, which `replay` cannot decode yet",
+            store.file_name(&loc)
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let Some(at) = a.at {

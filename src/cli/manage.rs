@@ -148,9 +148,49 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
             zone,
             criticality,
             legacy_crypto,
+            cert_sha256,
+            fetch_cert,
+            nla: _,
+            no_nla,
         } => {
             let cred = read_credential(&credential)?
                 .context("give the target credential: --password-stdin, --key-file or --kbdint-stdin")?;
+            if protocol == "rdp" {
+                let cert_sha256 = if fetch_cert { Some(fetch_rdp_cert(&app, &address).await?) } else { cert_sha256 };
+                let cert_sha256 = cert_sha256
+                    .context("give --cert-sha256 or --fetch-cert: the target's certificate must be pinned")?;
+                let t = targets::add(
+                    &app,
+                    ACTOR,
+                    NewTarget {
+                        name,
+                        protocol,
+                        address,
+                        login,
+                        credential: cred,
+                        host_key: None,
+                        site,
+                        zone,
+                        criticality,
+                        legacy_crypto,
+                        cert_sha256: Some(cert_sha256),
+                        rdp_nla: !no_nla,
+                    },
+                )
+                .await?;
+                println!(
+                    "Target {} added (RDP {} as {}, certificate {}, {}).",
+                    t.name,
+                    t.address(),
+                    t.login,
+                    t.cert_sha256.clone().unwrap_or_default(),
+                    if t.rdp_nla { "NLA" } else { "auto-logon without NLA" }
+                );
+                return Ok(());
+            }
+            if fetch_cert || cert_sha256.is_some() || no_nla {
+                anyhow::bail!("--fetch-cert, --cert-sha256 and --no-nla are for RDP targets (--protocol rdp)");
+            }
             let host_key = if fetch_host_key {
                 let (host, port) = targets::parse_address(&address)?;
                 let key =
@@ -176,6 +216,8 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
                     zone,
                     criticality,
                     legacy_crypto,
+                    cert_sha256: None,
+                    rdp_nla: true,
                 },
             )
             .await?;
@@ -187,9 +229,34 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
                 t.host_key_fingerprint().unwrap_or_default()
             );
         }
-        TargetCmd::Set { name, legacy_crypto, no_legacy_crypto } => {
+        TargetCmd::Set { name, legacy_crypto, no_legacy_crypto, cert_sha256, fetch_cert, nla, no_nla } => {
+            if cert_sha256.is_some() || fetch_cert || nla || no_nla {
+                let cert = if fetch_cert {
+                    let t = targets::get(&app, &name).await?;
+                    Some(fetch_rdp_cert(&app, &t.address()).await?)
+                } else {
+                    cert_sha256
+                };
+                let nla = if nla {
+                    Some(true)
+                } else if no_nla {
+                    Some(false)
+                } else {
+                    None
+                };
+                let t = targets::set_rdp(&app, ACTOR, &name, cert.as_deref(), nla).await?;
+                println!(
+                    "Target {}: certificate {}, {}.",
+                    t.name,
+                    t.cert_sha256.clone().unwrap_or_default(),
+                    if t.rdp_nla { "NLA" } else { "auto-logon without NLA" }
+                );
+                if !legacy_crypto && !no_legacy_crypto {
+                    return Ok(());
+                }
+            }
             if !legacy_crypto && !no_legacy_crypto {
-                anyhow::bail!("nothing to change: give --legacy-crypto or --no-legacy-crypto");
+                anyhow::bail!("nothing to change: give --legacy-crypto or --no-legacy-crypto (SSH), or --cert-sha256, --fetch-cert, --nla, --no-nla (RDP)");
             }
             let t = targets::set_legacy_crypto(&app, ACTOR, &name, legacy_crypto).await?;
             println!(
@@ -228,11 +295,22 @@ pub(crate) async fn target(config: &Path, cmd: TargetCmd) -> anyhow::Result<()> 
             println!("address:       {}", t.address());
             println!("login:         {}", t.login);
             println!("credential:    {} (vaulted)", t.credential_kind.as_str());
-            println!("host key:      {}", t.host_key_fingerprint().unwrap_or_else(|| "(none)".into()));
-            println!(
-                "algorithms:    {}",
-                if t.legacy_crypto { "legacy allowed (ssh-rsa, SHA-1 kex, CBC, hmac-sha1)" } else { "modern only" }
-            );
+            if t.protocol == "rdp" {
+                println!(
+                    "certificate:   {} (SHA-256, pinned)",
+                    t.cert_sha256.clone().unwrap_or_else(|| "(none)".into())
+                );
+                println!(
+                    "logon:         {}",
+                    if t.rdp_nla { "NLA (CredSSP)" } else { "auto-logon (Client Info), no NLA" }
+                );
+            } else {
+                println!("host key:      {}", t.host_key_fingerprint().unwrap_or_else(|| "(none)".into()));
+                println!(
+                    "algorithms:    {}",
+                    if t.legacy_crypto { "legacy allowed (ssh-rsa, SHA-1 kex, CBC, hmac-sha1)" } else { "modern only" }
+                );
+            }
             println!(
                 "site/zone/crit: {} / {} / {}",
                 t.site.unwrap_or_default(),
@@ -517,4 +595,13 @@ pub(crate) async fn nodes(config: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--fetch-cert`: the RDP server's certificate thumbprint, printed for the operator to compare.
+async fn fetch_rdp_cert(app: &App, address: &str) -> anyhow::Result<String> {
+    let (host, port) = targets::parse_address_or(address, 3389)?;
+    let timeout = std::time::Duration::from_secs(app.config.upstream.connect_timeout_secs.max(1));
+    let f = crate::rdp::target::fetch_cert(&host, port, timeout).await?;
+    println!("Fetched certificate of {host}:{port}: SHA-256 {}", f.thumbprint);
+    Ok(f.thumbprint)
 }

@@ -249,6 +249,18 @@ pub enum TargetCmd {
         /// this target, for old devices that speak nothing else (audited).
         #[arg(long)]
         legacy_crypto: bool,
+        /// RDP: pin this SHA-256 thumbprint of the target's TLS certificate (hex, colons optional).
+        #[arg(long, conflicts_with = "fetch_cert")]
+        cert_sha256: Option<String>,
+        /// RDP: connect now, print the certificate's SHA-256 thumbprint and pin it.
+        #[arg(long)]
+        fetch_cert: bool,
+        /// RDP: log in with NLA (CredSSP), the default.
+        #[arg(long, conflicts_with = "no_nla")]
+        nla: bool,
+        /// RDP: the target has no NLA; the vaulted account goes in the Client Info PDU (auto-logon).
+        #[arg(long)]
+        no_nla: bool,
     },
     /// Change a target's settings.
     Set {
@@ -260,6 +272,18 @@ pub enum TargetCmd {
         /// Back to the modern algorithm set only.
         #[arg(long)]
         no_legacy_crypto: bool,
+        /// RDP: pin this certificate thumbprint instead (audited).
+        #[arg(long, conflicts_with = "fetch_cert")]
+        cert_sha256: Option<String>,
+        /// RDP: fetch the target's certificate now and pin its thumbprint (audited).
+        #[arg(long)]
+        fetch_cert: bool,
+        /// RDP: log in with NLA.
+        #[arg(long, conflicts_with = "no_nla")]
+        nla: bool,
+        /// RDP: auto-logon through the Client Info PDU instead of NLA.
+        #[arg(long)]
+        no_nla: bool,
     },
     /// List targets.
     List {
@@ -383,12 +407,16 @@ pub(crate) fn read_stdin_all(what: &str) -> anyhow::Result<Secret> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    // Behave like other Unix tools when a pipe reader goes away (`penstock … | head`).
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands behave like other Unix tools when a pipe reader goes away (`penstock … | head`).
+    // The server keeps SIGPIPE ignored: a peer that vanishes mid-write (an RDP client closing
+    // its socket) must end that connection with EPIPE, never the gateway.
+    if !matches!(cli.command, Command::Serve | Command::Quickstart { .. }) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     let threads = match cli.command {
         // A bad config is reported by `serve` itself, with file, line and key.

@@ -56,6 +56,13 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     });
     // The console first: once "ssh listener ready" is logged, both listen.
     crate::web::start(app.clone()).await?;
+    let rdp_task = if app.config.rdp.enabled {
+        let rdp = crate::rdp::server::Server::bind(app.clone()).await?;
+        tracing::info!(listen = %rdp.local_addr()?, "rdp listener ready");
+        tokio::spawn(rdp.run())
+    } else {
+        tokio::spawn(std::future::pending())
+    };
     let ssh = crate::ssh::server::Server::bind(app.clone()).await?;
     tracing::info!(listen = %ssh.local_addr(), "ssh listener ready");
     let ssh_task = tokio::spawn(ssh.run());
@@ -63,6 +70,7 @@ async fn run(mut app: App) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         r = ssh_task => { r.context("ssh listener panicked")??; }
+        r = rdp_task => { r.context("rdp listener panicked")??; }
     }
     crate::siem::release(&app).await;
     app.store.close().await;

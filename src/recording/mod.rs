@@ -15,6 +15,7 @@
 //! is recorded the same way: `i` events while it is text, then byte-exact in `<session-id>.in`.
 
 pub mod cast;
+pub mod frames;
 pub mod transfers;
 pub mod verify;
 

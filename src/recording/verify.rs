@@ -106,6 +106,9 @@ fn check_one(report: &mut Report, storage: &dyn RecordingStorage, session: &str,
         }
         Ok(_) => report.intact += 1,
     }
+    if super::frames::is_frames(cast) {
+        return; // a binary (RDP) recording has no side files
+    }
     let sides = match storage::reader(storage, cast).and_then(crate::replay::cast::side_files) {
         Err(e) => {
             report.problems.push(format!("session {session}: recording {cast} cannot be read: {e:#}"));

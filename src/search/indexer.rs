@@ -250,7 +250,7 @@ async fn release_stale(app: &App) -> anyhow::Result<usize> {
 /// Ended, recorded sessions not indexed yet (at most `limit`).
 async fn pending(app: &App, limit: i64) -> anyhow::Result<Vec<(String, String)>> {
     let rows = sqlx::query(
-        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NOT NULL AND s.recording_path IS NOT NULL \
+        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NOT NULL AND s.recording_path IS NOT NULL AND s.protocol = 'ssh' \
          AND s.recording_sha256 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recording_index i WHERE i.session_id = s.id) \
          ORDER BY s.ended_at LIMIT $1",
     )
@@ -263,7 +263,7 @@ async fn pending(app: &App, limit: i64) -> anyhow::Result<Vec<(String, String)>>
 /// Live sessions this gateway records that nobody indexes yet (at most `limit`).
 async fn live_unclaimed(app: &App, limit: usize) -> anyhow::Result<Vec<(String, String)>> {
     let rows = sqlx::query(
-        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NULL AND s.recording_path IS NOT NULL \
+        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NULL AND s.recording_path IS NOT NULL AND s.protocol = 'ssh' \
          AND s.node_id = $1 AND NOT EXISTS (SELECT 1 FROM recording_index i WHERE i.session_id = s.id) \
          ORDER BY s.started_at LIMIT $2",
     )

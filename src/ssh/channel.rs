@@ -697,5 +697,6 @@ fn start_row<'a>(
         grant_id: grant.id,
         client_addr: peer,
         recording_path,
+        protocol: "ssh",
     }
 }

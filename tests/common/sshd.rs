@@ -385,6 +385,8 @@ pub struct Gateway {
     pub port: u16,
     /// Loopback port of its web console (HTTPS).
     pub web_port: u16,
+    /// Loopback port its RDP listener is on.
+    pub rdp_port: u16,
     /// Its log (stdout and stderr).
     pub log: PathBuf,
 }
@@ -400,6 +402,7 @@ impl Gateway {
     pub fn start_env(install: &Install, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let web_port = free_port();
+        let rdp_port = free_port();
         let log = install.dir().join("gateway.log");
         // A gateway started again on the same installation: its readiness is read from a fresh
         // log (the earlier run's log moves to gateway.log.old).
@@ -415,6 +418,7 @@ impl Gateway {
                 .command(&["serve"])
                 .env("PENSTOCK_SSH_LISTEN", format!("127.0.0.1:{port}"))
                 .env("PENSTOCK_WEB_LISTEN", format!("127.0.0.1:{web_port}"))
+                .env("PENSTOCK_RDP_LISTEN", format!("127.0.0.1:{rdp_port}"))
                 .env("NO_COLOR", "1")
                 .envs(env.iter().copied())
                 .stdout(logf.try_clone().expect("dup"))
@@ -423,7 +427,7 @@ impl Gateway {
         .spawn()
         .expect("cannot run penstock serve");
         wait_for_text(&log, "ssh listener ready", Duration::from_secs(20), &mut child, "penstock serve");
-        Gateway { child, port, web_port, log }
+        Gateway { child, port, web_port, rdp_port, log }
     }
 
     /// Its log so far.

@@ -1,0 +1,38 @@
+//! What an RDP recording holds: the decrypted byte stream the target sent (every PDU after
+//! CredSSP: MCS Connect Response with the channel ids, licensing, Demand Active with the share
+//! id and desktop size, then the fast-path and slow-path updates), stamped in microseconds, in a
+//! frame recording (`recording::frames`). The header names what a decoder needs that is not in
+//! that stream: the protocol the target selected and the vendor's desktop settings. Decoding
+//! (IronRDP's fast-path processor and bitmap/RemoteFX decoders) happens at replay, never on the
+//! session's path.
+
+use ironrdp_pdu::nego::SecurityProtocol;
+use serde_json::json;
+
+use super::relay::ClientSettings;
+
+/// The `format` value of RDP recordings.
+pub const FORMAT: &str = "penstock-rdp/1";
+
+/// The header line of an RDP recording.
+pub fn header(
+    session: &str,
+    user: &str,
+    target: &str,
+    started: i64,
+    selected: SecurityProtocol,
+    client: ClientSettings,
+) -> serde_json::Value {
+    json!({
+        "format": FORMAT,
+        "session": session,
+        "user": user,
+        "target": target,
+        "timestamp": started,
+        "direction": "server-to-client",
+        "selected_protocol": selected.bits(),
+        "desktop_width": client.width,
+        "desktop_height": client.height,
+        "keyboard_layout": client.keyboard_layout,
+    })
+}
