@@ -378,6 +378,7 @@ class Gateway:
         self.recording = recording
         self.port = free_port()
         self.logpath = os.path.join(env_.dir, f"{name}.log")
+        self.config = env_.pconfig
         self.proc = None
 
     def start(self):
@@ -413,7 +414,7 @@ class Gateway:
             if name == self.name:
                 binary = path
         self.proc = subprocess.Popen(
-            [binary, "-c", self.env_.pconfig, "serve"],
+            [binary, "-c", self.config, "serve"],
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=e,
             preexec_fn=self.env_.cg.enter(self.name),
         )
@@ -512,8 +513,12 @@ class Env:
             self.cli(["grant", "add", "--user", name, "--target", TARGET_NAME, "--for", "12h"], done="issued")
             users.append((name, m.group(1)))
         self.pool = UserPool(users)
+        # SQLite holds one `serve`: the gateway without recording gets a copy of the installation
+        # (same keys, users and grants; its own store and node id).
+        shutil.copytree(pdir, f"{pdir}-norec")
         for name, rec in (("penstock", True), ("penstock-norec", False)):
             g = Gateway(self, name, rec)
+            g.config = self.pconfig if rec else f"{pdir}-norec/penstock.toml"
             g.start()
             self.gateways[name] = g
 

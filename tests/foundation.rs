@@ -694,10 +694,11 @@ fn target_add_rejects_bad_input(b: Backend) {
             "no target password on standard input",
         ),
         (
-            with(base("plc-2"), &["--password-stdin", "--host-key", &host_key, "--protocol", "rdp"]),
+            with(base("plc-2"), &["--password-stdin", "--host-key", &host_key, "--protocol", "telnet"]),
             pw,
-            "unsupported protocol \"rdp\"",
+            "unsupported protocol \"telnet\"",
         ),
+        (with(base("plc-2"), &["--password-stdin", "--protocol", "rdp"]), pw, "give --cert-sha256 or --fetch-cert"),
         (with(base("bad name"), &["--password-stdin", "--host-key", &host_key]), pw, "invalid target name"),
         (
             [
