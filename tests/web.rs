@@ -8,13 +8,12 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::sshd::{die_with_parent, now, wait_timeout, Answers, Lab, Vendor, TARGET};
+use common::sshd::{now, Answers, Lab, TARGET};
+use common::web::{token, urlenc, Auth, Live, Person, Web};
 use common::{stderr, stdout, Backend};
 use serde_json::{json, Value};
 
@@ -27,185 +26,6 @@ fn policy() -> String {
          [request]\nroles = [\"vendor\", \"manager\"]\n\n[approval]\napprover_roles = [\"manager\"]\nrequired = 1\n\n\
          [limits]\nmax_duration = \"2h\"\n\n[channels]\nshell = true\nexec = true\nsftp = true\nforward = []\n"
     )
-}
-
-/// A user and the TOTP steps it used (each step logs in once).
-struct Person {
-    v: Vendor,
-    last: Mutex<i64>,
-}
-
-impl Person {
-    fn new(v: Vendor) -> Person {
-        Person { v, last: Mutex::new(0) }
-    }
-
-    fn name(&self) -> &str {
-        &self.v.name
-    }
-
-    /// A code for a step not used before that the server (±1 step) accepts now.
-    fn fresh_code(&self) -> String {
-        self.code_from(-1)
-    }
-
-    /// A code the server accepts for the next 30 s at least (for a browser that takes a while
-    /// to start).
-    fn code_ahead(&self) -> String {
-        self.code_from(1)
-    }
-
-    fn code_from(&self, offset: i64) -> String {
-        let mut last = self.last.lock().unwrap();
-        let mut cur = now() / 30;
-        let step = (cur + offset).max(*last + 1);
-        while step > cur + 1 {
-            std::thread::sleep(Duration::from_millis(250));
-            cur = now() / 30;
-        }
-        *last = step;
-        self.v.code_at(step * 30)
-    }
-}
-
-/// An answer from the console.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-
-    /// The console cookie's value from `Set-Cookie`.
-    fn session_cookie(&self) -> String {
-        let sc = self.header("set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {}", self.headers));
-        sc.split(';').next().and_then(|kv| kv.strip_prefix("__Host-penstock=")).expect("console cookie").to_string()
-    }
-
-    /// The CSRF token in a page's forms.
-    fn csrf(&self) -> String {
-        let at = self.body.find("name=\"csrf\" value=\"").unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
-        let rest = &self.body[at + 19..];
-        rest[..rest.find('"').expect("end of value")].to_string()
-    }
-}
-
-/// How a request authenticates.
-#[derive(Clone, Copy)]
-enum Auth<'a> {
-    None,
-    Token(&'a str),
-    Cookie(&'a str, Option<&'a str>),
-}
-
-/// The console at `https://127.0.0.1:PORT`, spoken to with the real curl.
-struct Web {
-    base: String,
-    scratch: PathBuf,
-}
-
-impl Web {
-    fn new(lab: &Lab) -> Web {
-        Web { base: format!("https://127.0.0.1:{}", lab.web_port()), scratch: lab.install.scratch() }
-    }
-
-    fn call(&self, method: &str, path: &str, auth: Auth, body: Option<(&str, String)>) -> Reply {
-        let n = common::random_hex(6);
-        let (hfile, bfile) = (self.scratch.join(format!("h-{n}")), self.scratch.join(format!("b-{n}")));
-        let mut c = Command::new("curl");
-        c.args(["-sk", "--max-time", "20", "-X", method, "-D"]).arg(&hfile).arg("-o").arg(&bfile);
-        c.args(["-w", "%{http_code}"]);
-        match auth {
-            Auth::None => {}
-            Auth::Token(t) => {
-                c.arg("-H").arg(format!("Authorization: Bearer {t}"));
-            }
-            Auth::Cookie(k, csrf) => {
-                c.arg("-H").arg(format!("Cookie: __Host-penstock={k}"));
-                if let Some(x) = csrf {
-                    c.arg("-H").arg(format!("X-CSRF-Token: {x}"));
-                }
-            }
-        }
-        let input = match body {
-            Some((ctype, data)) => {
-                c.arg("-H").arg(format!("Content-Type: {ctype}")).args(["--data-binary", "@-"]);
-                data
-            }
-            None => String::new(),
-        };
-        c.arg(format!("{}{path}", self.base));
-        let o = common::sshd::run(&mut c, input.as_bytes(), T);
-        let status: u16 = stdout(&o).trim().parse().unwrap_or_else(|_| panic!("curl {path}: {}", stderr(&o)));
-        let r = Reply {
-            status,
-            headers: std::fs::read_to_string(&hfile).unwrap_or_default(),
-            body: std::fs::read_to_string(&bfile).unwrap_or_default(),
-        };
-        let _ = std::fs::remove_file(hfile);
-        let _ = std::fs::remove_file(bfile);
-        r
-    }
-
-    fn get(&self, path: &str, auth: Auth) -> Reply {
-        self.call("GET", path, auth, None)
-    }
-
-    fn post_json(&self, path: &str, auth: Auth, body: Value) -> Reply {
-        self.call("POST", path, auth, Some(("application/json", body.to_string())))
-    }
-
-    fn post_form(&self, path: &str, auth: Auth, form: &[(&str, &str)]) -> Reply {
-        let enc: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", urlenc(v))).collect();
-        self.call("POST", path, auth, Some(("application/x-www-form-urlencoded", enc.join("&"))))
-    }
-
-    /// Logs `p` in with password and a fresh code; returns the reply.
-    fn login_with(&self, p: &Person, password: &str) -> Reply {
-        let code = p.fresh_code();
-        self.post_form("/login", Auth::None, &[("user", p.name()), ("password", password), ("code", &code)])
-    }
-
-    /// Logs `p` in; returns the cookie and the CSRF token of the new session.
-    #[track_caller]
-    fn login(&self, p: &Person) -> (String, String) {
-        let r = self.login_with(p, &p.v.password.clone());
-        assert_eq!(r.status, 303, "login of {} failed: {}", p.name(), r.body);
-        let cookie = r.session_cookie();
-        let page = self.get("/requests", Auth::Cookie(&cookie, None));
-        assert_eq!(page.status, 200, "{}", page.body);
-        (cookie.clone(), page.csrf())
-    }
-}
-
-fn urlenc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// `token create --user NAME --expires E`; returns (id, value).
-fn token(lab: &Lab, name: &str, expires: &str) -> (i64, String) {
-    let out = lab.install.ok(&["token", "create", "--user", name, "--expires", expires]);
-    let id = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{out}"));
-    let value = out.lines().last().expect("token line").trim().to_string();
-    assert!(value.starts_with("pst_") && value.len() > 40, "{out}");
-    (id, value)
 }
 
 /// The roles of the matrix, in order: vendor (owner), other vendor, manager, auditor, admin.
@@ -690,62 +510,6 @@ fn lockout_and_idle_timeout(b: Backend) {
 backend_tests! {
     fn api_roles_csrf_tokens;
     fn lockout_and_idle_timeout;
-}
-
-/// A background process whose output can be watched while it runs; killed when dropped.
-struct Live {
-    child: Child,
-    out: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Live {
-    fn spawn(cmd: &mut Command) -> Live {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = die_with_parent(cmd).spawn().expect("spawn");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let pipes: Vec<Box<dyn Read + Send>> =
-            vec![Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
-        for mut r in pipes {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        Live { child, out }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
-    }
-
-    fn wait_text(&self, needle: &str, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end && !self.text().contains(needle) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.text().contains(needle)
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_timeout(&mut self.child, timeout)
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The issue's "done when", first half: a vendor's `ssh` waits on its request; a manager logs in

@@ -18,6 +18,7 @@
 
 pub mod postgres;
 pub mod sshd;
+pub mod web;
 
 use std::ffi::OsStr;
 use std::future::Future;
