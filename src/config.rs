@@ -165,11 +165,77 @@ pub struct RecordingsConfig {
     pub retain_days: u32,
     /// Index sessions for search while they run (false: when they end).
     pub index_live: bool,
+    /// Where recordings are kept: `local` (the folder) or `s3` (the folder is the spool).
+    pub store: RecordingStore,
+    /// S3 endpoint, e.g. `http://127.0.0.1:8333` (empty: AWS for the region).
+    pub s3_endpoint: String,
+    /// Bucket.
+    pub s3_bucket: String,
+    /// Region (any value for most S3-compatible servers).
+    pub s3_region: String,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO, SeaweedFS and Ceph expect.
+    pub s3_path_style: bool,
+    /// Key prefix inside the bucket.
+    pub s3_prefix: String,
+    /// Access key id; `$CREDENTIALS_DIRECTORY/s3_access_key_id` wins when present.
+    pub s3_access_key_id: String,
+    /// Secret access key; `$CREDENTIALS_DIRECTORY/s3_secret_access_key` wins when present.
+    pub s3_secret_access_key: Redacted,
+    /// Seconds before a request to S3 is given up (a hung server does not hold the uploads).
+    pub s3_timeout_secs: u64,
+    /// Refuse new sessions whenever S3 cannot be written (fail closed), not only when the spool
+    /// runs low.
+    pub require_remote: bool,
+    /// A live session's recording is uploaded in parts at least this often (seconds), so a
+    /// lost node loses at most its last part.
+    pub part_secs: u64,
+    /// …and whenever this many new KiB are written.
+    pub part_kib: u64,
+}
+
+/// A secret string from the config: shown as `[redacted]` by `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Where recordings are kept.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingStore {
+    /// Files in the recordings folder.
+    #[default]
+    Local,
+    /// An S3-compatible object store, with the recordings folder as the local spool.
+    S3,
 }
 
 impl Default for RecordingsConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("recordings"), enabled: true, min_free_mib: 64, retain_days: 0, index_live: true }
+        Self {
+            dir: PathBuf::from("recordings"),
+            enabled: true,
+            min_free_mib: 64,
+            retain_days: 0,
+            index_live: true,
+            store: RecordingStore::Local,
+            s3_endpoint: String::new(),
+            s3_bucket: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_path_style: true,
+            s3_prefix: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Redacted::default(),
+            s3_timeout_secs: 20,
+            require_remote: false,
+            part_secs: 60,
+            part_kib: 8192,
+        }
     }
 }
 

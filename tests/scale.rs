@@ -1,6 +1,6 @@
-//! Several gateways on one PostgreSQL (the scale-out issue), with real parts: two
-//! `penstock serve` processes with their own node ids on the harness's PostgreSQL, a real
-//! `sshd` target and the real `ssh` client.
+//! Several gateways on one PostgreSQL and one S3 server (the scale-out issue), with real parts:
+//! two `penstock serve` processes with their own node ids on the harness's PostgreSQL, a real
+//! SeaweedFS (`weed mini`) as the object store, a real `sshd` target and the real `ssh` client.
 //!
 //! The tests must run as root (see tests/common/sshd.rs).
 
@@ -11,9 +11,11 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::s3::Seaweed;
 use common::sshd::{die_with_parent, wait_timeout, Gateway, Lab};
 use common::{assert_fails, assert_ok, Backend};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const FAST: [(&str, &str); 2] = [("PENSTOCK_NODE_HEARTBEAT_SECS", "1"), ("PENSTOCK_NODE_LOST_AFTER_SECS", "4")];
 
@@ -36,10 +38,18 @@ fn nodes(lab: &Lab) -> Vec<Value> {
 /// finds nothing left to recover.
 #[test]
 fn a_lost_nodes_sessions_are_ended_by_a_survivor() {
+    let sw = Seaweed::start();
+    let mut s3env = sw.env();
+    s3env.push(("PENSTOCK_RECORDINGS_PART_SECS".into(), "1".into()));
     let mut env_a = FAST.to_vec();
     env_a.push(("PENSTOCK_NODE_NAME", "node-a"));
+    env_a.extend(env_refs(&s3env));
     let mut lab = Lab::with(Backend::Postgres, "", &env_a);
-    let b = Gateway::start_env(&lab.install, &node_b_env());
+    config_s3(&lab, &sw);
+    let mut env_b = node_b_env();
+    env_b.extend(env_refs(&s3env));
+    env_b.push(("PENSTOCK_RECORDINGS_DIR", "recordings-b"));
+    let b = Gateway::start_env(&lab.install, &env_b);
     let all = nodes(&lab);
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().all(|n| n["state"] == "alive"), "{all:?}");
@@ -55,7 +65,12 @@ fn a_lost_nodes_sessions_are_ended_by_a_survivor() {
     stdin.flush().expect("flush");
     let live = lab.live_session(&v.name);
     let id = live["id"].as_str().expect("id").to_string();
-    std::thread::sleep(Duration::from_millis(1500)); // the keystrokes reach the recording
+    let path = live["recording_path"].as_str().expect("path").to_string();
+    let key = object_key(&path);
+    // The keystrokes reach the recording, and the recording's first part the bucket.
+    eventually("no part of the live recording reached the bucket", Duration::from_secs(15), || {
+        (!sw.parts(&key).is_empty()).then_some(())
+    });
     lab.kill_gateway();
     let _ = wait_timeout(&mut child, Duration::from_secs(20));
     drop(stdin);
@@ -79,9 +94,7 @@ fn a_lost_nodes_sessions_are_ended_by_a_survivor() {
         .lines()
         .find(|l| l.contains("\"session.interrupted\"") && l.contains(&id))
         .unwrap_or_else(|| panic!("no session.interrupted event:\n{audit}"));
-    assert!(closed.contains("recording_sha256\":\""), "the survivor hashed the reachable recording: {closed}");
-    let verified = lab.install.ok(&["audit", "verify"]);
-    assert!(verified.contains("intact"), "{verified}");
+    assert!(closed.contains("recording_sha256\":\""), "the survivor hashed the parts in the bucket: {closed}");
     let all = nodes(&lab);
     let a = all.iter().find(|n| n["name"] == "node-a").expect("node-a");
     assert_eq!(a["state"], "lost", "{all:?}");
@@ -99,15 +112,27 @@ fn a_lost_nodes_sessions_are_ended_by_a_survivor() {
     );
     assert!(out.contains("via-b"), "{out}");
 
-    // A comes back: nothing of its own is left open, nothing is closed twice.
+    // A comes back: nothing of its own is left open, nothing is closed twice, and it uploads
+    // what it spooled; the chain then holds the whole recording's hash (and the survivor's).
+    assert!(std::path::Path::new(&path).exists(), "node A's spool lost the recording");
     lab.restart_gateway(&env_a);
     let log = lab.gateway_log();
     assert!(!log.contains("recovered what an earlier run"), "{log}");
+    let object = eventually("node A did not upload its spool", Duration::from_secs(30), || {
+        sw.object(&key).filter(|_| !std::path::Path::new(&path).exists())
+    });
+    assert!(String::from_utf8_lossy(&object).contains("before-the-crash"));
+    let row = lab.sessions(false).into_iter().find(|r| r["id"] == id.as_str()).expect("session");
+    assert_eq!(row["recording_sha256"].as_str(), Some(sha256_hex(&object).as_str()), "{row}");
+    let up = lab.audit_events("recording.uploaded");
+    let ev = up.iter().find(|e| e["details"]["session"] == id.as_str()).unwrap_or_else(|| panic!("{up:?}"));
+    assert_eq!(ev["details"]["sha256"].as_str(), Some(sha256_hex(&object).as_str()), "{ev}");
     let again = lab.install.ok(&["audit", "export"]);
     let closes = again.lines().filter(|l| l.contains("\"session.interrupted\"") && l.contains(&id)).count();
     assert_eq!(closes, 1, "{again}");
     assert!(nodes(&lab).iter().all(|n| n["state"] == "alive"));
-    lab.finish();
+    let verified = lab.install.ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
 }
 
 /// SQLite holds one gateway: a second `serve` on the same store is refused in one line, and the
@@ -271,4 +296,185 @@ fn approvals_kills_and_revokes_reach_another_node_at_once() {
     assert!(t0.elapsed() < Duration::from_millis(2300), "kill by poll took {:?}", t0.elapsed());
     drop(b);
     lab.finish();
+}
+
+/// Writes the S3 server's settings into the installation's `[recordings]`, so CLI commands
+/// (replay, search, evidence, verify) read recordings through the bucket as a gateway does.
+fn config_s3(lab: &Lab, sw: &Seaweed) {
+    let path = lab.install.config_path();
+    let text = std::fs::read_to_string(&path).expect("config");
+    let mut lines = String::from("[recordings]\n");
+    for (k, v) in sw.env() {
+        let key = k.strip_prefix("PENSTOCK_RECORDINGS_").expect("recordings key").to_ascii_lowercase();
+        if v.parse::<u64>().is_ok() {
+            lines.push_str(&format!("{key} = {v}\n"));
+        } else {
+            lines.push_str(&format!("{key} = \"{v}\"\n"));
+        }
+    }
+    assert!(text.contains("[recordings]\n"), "{text}");
+    std::fs::write(&path, text.replacen("[recordings]\n", &lines, 1)).expect("write config");
+}
+
+/// The object name of a recording: its date folders and file name.
+fn object_key(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    parts[parts.len() - 4..].join("/")
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+#[track_caller]
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn env_refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A session recorded on node A goes to the bucket in parts while it runs and whole when it
+/// ends (with the hash the chain holds, spool emptied, `recording.uploaded` audited); node B,
+/// with a spool of its own, replays it, finds it by a word typed in it and bundles it as
+/// evidence; `audit verify` reads it from the bucket.
+#[test]
+fn recordings_live_in_s3_and_any_node_reads_them() {
+    let sw = Seaweed::start();
+    let mut s3env = sw.env();
+    s3env.push(("PENSTOCK_RECORDINGS_PART_SECS".into(), "1".into()));
+    let env_a = env_refs(&s3env);
+    let lab = Lab::with(Backend::Postgres, "", &env_a);
+    config_s3(&lab, &sw);
+    let mut env_b = env_a.clone();
+    env_b.extend([("PENSTOCK_NODE_ID_FILE", "node_id_b"), ("PENSTOCK_RECORDINGS_DIR", "recordings-b")]);
+    let b = Gateway::start_env(&lab.install, &env_b);
+
+    let v = lab.vendor();
+    let mut s = Watched::spawn(lab.ssh(&v, &["-tt"]));
+    s.type_text("echo part-$((1+1))-word\n");
+    s.until("part-2-word", Duration::from_secs(30));
+    let live = lab.live_session(&v.name);
+    let id = live["id"].as_str().expect("id").to_string();
+    let path = live["recording_path"].as_str().expect("path").to_string();
+    let key = object_key(&path);
+    eventually("no part of the live recording reached the bucket", Duration::from_secs(15), || {
+        (!sw.parts(&key).is_empty()).then_some(())
+    });
+    assert!(sw.object(&key).is_none(), "the whole object exists before the session ended");
+    s.type_text("echo s3-needle-$((6*7))\nexit\n");
+    s.until("s3-needle-42", Duration::from_secs(20));
+    let _ = wait_timeout(&mut s.child, Duration::from_secs(20));
+
+    let object = eventually("the ended recording was not uploaded", Duration::from_secs(30), || {
+        sw.object(&key).filter(|_| !std::path::Path::new(&path).exists())
+    });
+    let row = lab.sessions(false).into_iter().find(|r| r["id"] == id.as_str()).expect("session");
+    let sha = row["recording_sha256"].as_str().expect("hash in the row").to_string();
+    assert_eq!(sha256_hex(&object), sha, "the object is not the recording the chain hashed");
+    assert!(String::from_utf8_lossy(&object).contains("s3-needle-42"));
+    eventually("parts were not cleaned up", Duration::from_secs(10), || sw.parts(&key).is_empty().then_some(()));
+    let up = lab.audit_events("recording.uploaded");
+    let ev = up.iter().find(|e| e["details"]["session"] == id.as_str()).unwrap_or_else(|| panic!("{up:?}"));
+    assert_eq!(ev["details"]["sha256"], sha.as_str(), "{ev}");
+    assert!(ev["details"]["previous_sha256"].is_null(), "{ev}");
+
+    // Node B's view: its own (empty) spool, so everything comes from the bucket.
+    let on_b = |args: &[&str]| -> String {
+        let o = lab.install.command(args).env("PENSTOCK_RECORDINGS_DIR", "recordings-b").output().expect("run");
+        assert_ok(&args.join(" "), &o)
+    };
+    let tr = on_b(&["replay", &id, "--transcript"]);
+    assert!(tr.contains("s3-needle"), "{tr}");
+    let found = on_b(&["recordings", "search", "s3-needle-42"]);
+    assert!(found.contains(&id[..8]), "{found}");
+    let bundle = lab.install.scratch().join("s3.tar");
+    let msg = on_b(&["evidence", "export", "--session", &id, "-o", bundle.to_str().expect("path")]);
+    assert!(msg.contains("1 recording file(s)"), "{msg}");
+    let key_line = on_b(&["evidence", "key"]);
+    let pubkey = lab.install.scratch().join("ev.pub");
+    std::fs::write(&pubkey, key_line).expect("key");
+    let ok = on_b(&["evidence", "verify", bundle.to_str().expect("b"), "--key", pubkey.to_str().expect("k")]);
+    assert!(ok.contains("verified"), "{ok}");
+    let verified = on_b(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    drop(b);
+}
+
+/// S3 down (killed) or hung (SIGSTOP) mid-session: the session goes on, its recording stays in
+/// the spool, and the backlog drains once S3 is back. With `require_remote`, new sessions are
+/// refused while S3 cannot be written, and admitted again when it can.
+#[test]
+fn s3_outages_spool_and_require_remote_fails_closed() {
+    let mut sw = Seaweed::start();
+    let s3env = sw.env();
+    let lab = Lab::with(Backend::Sqlite, "", &env_refs(&s3env));
+    config_s3(&lab, &sw);
+
+    // Hung mid-session.
+    let v = lab.vendor();
+    let mut s = Watched::spawn(lab.ssh(&v, &["-tt"]));
+    s.type_text("echo before-$((1+1))\n");
+    s.until("before-2", Duration::from_secs(30));
+    let live = lab.live_session(&v.name);
+    let id = live["id"].as_str().expect("id").to_string();
+    let path = live["recording_path"].as_str().expect("path").to_string();
+    sw.freeze();
+    s.type_text("echo during-hang-$((3+4))\n");
+    s.until("during-hang-7", Duration::from_secs(10));
+    s.type_text("exit\n");
+    let _ = wait_timeout(&mut s.child, Duration::from_secs(20));
+    // A new session while S3 hangs (no require_remote): admitted, recorded in the spool.
+    let v2 = lab.vendor();
+    let o = common::sshd::run(lab.ssh(&v2, &[]).arg("echo spooled-$((5*5))"), b"", Duration::from_secs(60));
+    assert!(assert_ok("ssh while S3 hangs", &o).contains("spooled-25"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(std::path::Path::new(&path).exists(), "the recording left the spool while S3 hung");
+    sw.thaw();
+    let key = object_key(&path);
+    let object = eventually("the backlog did not drain after S3 came back", Duration::from_secs(40), || {
+        sw.object(&key).filter(|_| !std::path::Path::new(&path).exists())
+    });
+    assert!(String::from_utf8_lossy(&object).contains("during-hang-7"));
+    let row = lab.sessions(false).into_iter().find(|r| r["id"] == id.as_str()).expect("session");
+    assert_eq!(row["recording_sha256"].as_str(), Some(sha256_hex(&object).as_str()));
+    let second = lab.ended_session(&v2.name);
+    let key2 = object_key(second["recording_path"].as_str().expect("path"));
+    eventually("the second recording did not drain", Duration::from_secs(30), || sw.object(&key2));
+
+    // require_remote: S3 killed, new sessions are refused with a clear reason.
+    let mut lab = lab;
+    let mut strict = s3env.clone();
+    strict.push(("PENSTOCK_RECORDINGS_REQUIRE_REMOTE".into(), "true".into()));
+    lab.restart_gateway(&env_refs(&strict));
+    let v3 = lab.vendor();
+    let ok = common::sshd::run(lab.ssh(&v3, &[]).arg("echo admitted-$((2*4))"), b"", Duration::from_secs(60));
+    assert!(assert_ok("ssh with S3 up", &ok).contains("admitted-8"));
+    sw.stop();
+    let refused = eventually("a session was admitted with S3 down and require_remote", Duration::from_secs(20), || {
+        let v4 = lab.vendor();
+        let o = common::sshd::run(lab.ssh(&v4, &[]).arg("echo leaked-$((3*3))"), b"", Duration::from_secs(60));
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        (!text.contains("leaked-9")).then_some(text)
+    });
+    assert!(refused.contains("recording"), "{refused}");
+    let log = lab.gateway_log();
+    assert!(log.contains("require_remote"), "{log}");
+    sw.start_again();
+    eventually("sessions were not admitted again once S3 was back", Duration::from_secs(30), || {
+        let v5 = lab.vendor();
+        let o = common::sshd::run(lab.ssh(&v5, &[]).arg("echo back-$((4*4))"), b"", Duration::from_secs(60));
+        String::from_utf8_lossy(&o.stdout).contains("back-16").then_some(())
+    });
+    let verified = lab.install.ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
 }

@@ -103,6 +103,17 @@ pub enum Event {
         side_files: Vec<String>,
         reason: String,
     },
+    /// A recording (and its side files) was uploaded to object storage, after its hash was in
+    /// the chain. `previous_sha256` is set when the chain held another hash for it (a survivor
+    /// hashed the parts it could reach when this node was lost; this is the whole recording).
+    RecordingUploaded {
+        session: String,
+        object: String,
+        sha256: String,
+        size: i64,
+        files: Vec<String>,
+        previous_sha256: Option<String>,
+    },
     /// A recording was put on legal hold (retention keeps it).
     RecordingHeld { session: String, reason: String, by: String },
     /// A legal hold was lifted.
@@ -186,6 +197,7 @@ impl Event {
             Event::RotationFailed { .. } => "target.rotation_failed",
             Event::RotationRecovered { .. } => "target.rotation_recovered",
             Event::RecordingDeleted { .. } => "recording.deleted",
+            Event::RecordingUploaded { .. } => "recording.uploaded",
             Event::RecordingHeld { .. } => "recording.held",
             Event::RecordingReleased { .. } => "recording.released",
             Event::TargetLegacyCrypto { .. } => "target.legacy_crypto",

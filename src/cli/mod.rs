@@ -417,6 +417,9 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // The process's TLS provider, for libraries that build TLS configs themselves (the S3
+    // client): one provider, the one Penstock's own configs name.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     let threads = match cli.command {
         // A bad config is reported by `serve` itself, with file, line and key.

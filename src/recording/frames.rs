@@ -48,6 +48,7 @@ impl FrameRecorder {
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create recordings folder {}", root.display()))?;
         super::check_space(&root, app.config.recordings.min_free_mib)?;
+        crate::storage::upload::check_remote(&app.config)?;
         let dir = root.join(app.clock.now_utc().format("%Y/%m/%d").to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{session_id}.{EXTENSION}"));

@@ -130,6 +130,7 @@ impl Recorder {
         std::fs::create_dir_all(&root)
             .with_context(|| format!("cannot create recordings folder {}", root.display()))?;
         check_space(&root, app.config.recordings.min_free_mib)?;
+        crate::storage::upload::check_remote(&app.config)?;
         let now = app.clock.now_utc();
         let dir = root.join(now.format("%Y/%m/%d").to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

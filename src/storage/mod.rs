@@ -1,7 +1,11 @@
 //! Recording storage: the one interface replay, search, evidence bundles, verify and retention
 //! read recordings through. A recording is named by its *locator* (today the path the session
-//! row holds); its side files (`<id>.out`, `<id>.in`) are named relative to it. Local files are
-//! the only backend today; object storage goes behind the same interface.
+//! row holds); its side files (`<id>.out`, `<id>.in`) are named relative to it. Backends: local
+//! files, and an S3-compatible object store with the local folder as spool (`s3.rs`, uploads by
+//! `upload.rs`).
+
+pub mod s3;
+pub mod upload;
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -85,9 +89,59 @@ impl RecordingStorage for LocalFiles {
     }
 }
 
-/// The storage the installation uses.
-pub fn for_app(app: &crate::app::App) -> LocalFiles {
-    LocalFiles::new(app.config.recordings_dir())
+/// The storage an installation uses.
+#[derive(Debug, Clone)]
+pub enum Recordings {
+    /// The recordings folder.
+    Local(LocalFiles),
+    /// S3 with the folder as spool.
+    S3(s3::S3Files),
+}
+
+impl Recordings {
+    fn inner(&self) -> &dyn RecordingStorage {
+        match self {
+            Recordings::Local(l) => l,
+            Recordings::S3(s) => s,
+        }
+    }
+}
+
+impl RecordingStorage for Recordings {
+    fn open(&self, locator: &str) -> std::io::Result<Box<dyn Read + Send>> {
+        self.inner().open(locator)
+    }
+    fn size(&self, locator: &str) -> std::io::Result<u64> {
+        self.inner().size(locator)
+    }
+    fn exists(&self, locator: &str) -> bool {
+        self.inner().exists(locator)
+    }
+    fn delete(&self, locator: &str) -> std::io::Result<()> {
+        self.inner().delete(locator)
+    }
+    fn sibling(&self, cast: &str, name: &str) -> anyhow::Result<String> {
+        self.inner().sibling(cast, name)
+    }
+    fn file_name(&self, locator: &str) -> String {
+        self.inner().file_name(locator)
+    }
+}
+
+/// The storage the installation uses. With S3 configured but unusable (bad settings) it falls
+/// back to the spool alone and says so once; `serve` checks the settings before it starts.
+pub fn for_app(app: &crate::app::App) -> Recordings {
+    let local = LocalFiles::new(app.config.recordings_dir());
+    match app.config.recordings.store {
+        crate::config::RecordingStore::Local => Recordings::Local(local),
+        crate::config::RecordingStore::S3 => match s3::Bucket::from_config(&app.config.recordings) {
+            Ok(bucket) => Recordings::S3(s3::S3Files { local, bucket }),
+            Err(e) => {
+                tracing::error!(error = %e, "recordings are read from the local spool only");
+                Recordings::Local(local)
+            }
+        },
+    }
 }
 
 /// SHA-256 (hex) and size of a stored object.

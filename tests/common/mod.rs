@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_macros)]
 
 pub mod postgres;
+pub mod s3;
 pub mod sshd;
 pub mod web;
 

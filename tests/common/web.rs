@@ -244,9 +244,8 @@ impl Live {
 }
 
 impl Drop for Live {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
-
