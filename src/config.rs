@@ -41,6 +41,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// This gateway as one node of several.
     pub node: NodeConfig,
+    /// Prometheus metrics and health checks.
+    pub metrics: MetricsConfig,
     /// Folder of the config file; set by [`Config::load`].
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -67,6 +69,9 @@ pub struct SshConfig {
     /// thread keeps every hand-off on one core: about a sixth less CPU per byte (see
     /// docs/PERFORMANCE.md), but logins wait behind bulk sessions on a busy gateway.
     pub threads: usize,
+    /// TCP load balancers in front (addresses or `ADDR/BITS`): their connections must start
+    /// with a PROXY protocol v2 header naming the vendor's address (HAProxy `send-proxy-v2`).
+    pub proxy_from: Vec<String>,
 }
 
 impl SshConfig {
@@ -86,6 +91,7 @@ impl Default for SshConfig {
             max_pending_per_source: 16,
             window_kib: 8192,
             threads: 0,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -412,6 +418,15 @@ impl Default for NodeConfig {
     }
 }
 
+/// `[metrics]`: Prometheus metrics and the health checks a load balancer probes, on a listener
+/// of their own (plain HTTP: bind it to loopback or a management network).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `IP:PORT` for `/metrics`, `/healthz` and `/readyz` (empty: off).
+    pub listen: String,
+}
+
 /// `[siem]`
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -475,6 +490,7 @@ const SECTIONS: &[&str] = &[
     "siem",
     "tls",
     "node",
+    "metrics",
 ];
 
 impl Config {
@@ -640,6 +656,9 @@ window_kib = 8192
 # Threads relaying sessions; 0 = one per CPU core. 1 keeps every hand-off on one core: about a
 # sixth less CPU per byte, but new logins wait behind bulk sessions on a busy gateway.
 threads = 0
+# Load balancers in front (HAProxy with `send-proxy-v2`): connections from these addresses must
+# carry a PROXY protocol v2 header, whose client address lockout, limits and audit then use.
+# proxy_from = ["10.0.0.5", "10.0.1.0/24"]
 
 [web]
 # Web console and JSON API (/api/v1), HTTPS with the [tls] certificate; plain HTTP is refused.
@@ -729,6 +748,12 @@ lost_after_secs = 60
 # every poll_ms a node also looks for them itself (the fallback, and the only way on SQLite).
 poll_ms = 500
 notify = true
+
+[metrics]
+# Prometheus metrics (/metrics) and health checks for a load balancer (/healthz: the process
+# runs; /readyz: the store and the recording storage can be written) on a plain-HTTP listener of
+# their own. Bind it to loopback or a management network. Empty: off.
+listen = ""
 
 [siem]
 # Audit events streamed in chain order, at least once (a cursor per destination in the store;

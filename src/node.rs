@@ -139,6 +139,8 @@ pub struct NodeRow {
     pub live_sessions: i64,
     /// `alive`, or `lost` when its heartbeat is older than `[node] lost_after_secs`.
     pub state: String,
+    /// Whether it runs the store-wide background jobs (expiry, retention, rotation).
+    pub jobs: bool,
 }
 
 /// Every node the store knows.
@@ -152,6 +154,7 @@ pub async fn list(app: &App) -> anyhow::Result<Vec<NodeRow>> {
     .fetch_all(app.store.pool())
     .await?;
     let stale = app.clock.now() - app.config.node.lost_after_secs as i64;
+    let holder = crate::jobs::holder(app).await?;
     rows.iter()
         .map(|r| {
             let heartbeat_at: i64 = r.try_get(5)?;
@@ -164,6 +167,10 @@ pub async fn list(app: &App) -> anyhow::Result<Vec<NodeRow>> {
                 heartbeat_at,
                 live_sessions: r.try_get(6)?,
                 state: if heartbeat_at < stale { "lost" } else { "alive" }.into(),
+                jobs: match &holder {
+                    Some(h) => heartbeat_at >= stale && r.try_get::<String, _>(0)? == *h,
+                    None => rows.len() == 1,
+                },
             })
         })
         .collect()

@@ -192,6 +192,7 @@ pub async fn end(app: &App, id: &str, actor: &str, e: &End) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
+    crate::metrics::count_session_end(e.reason.as_str(), e.bytes_up, e.bytes_down);
     Ok(())
 }
 

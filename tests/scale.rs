@@ -478,3 +478,230 @@ fn s3_outages_spool_and_require_remote_fails_closed() {
     let verified = lab.install.ok(&["audit", "verify"]);
     assert!(verified.contains("intact"), "{verified}");
 }
+
+/// `GET http://127.0.0.1:PORT/PATH` with curl: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A metric's value on a node's `/metrics` page.
+fn metric(port: u16, line_start: &str) -> Option<f64> {
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+/// Three gateways on one PostgreSQL, each serving sessions at the same time: the audit chain
+/// stays one chain (no gaps, no forks, `audit verify` intact); each node's metrics count its
+/// own sessions and logins; exactly one node runs the background jobs, and when it is killed
+/// another takes them over.
+#[test]
+fn three_nodes_keep_one_chain_and_one_jobs_runner() {
+    let ports: Vec<u16> = (0..3).map(|_| common::sshd::free_port()).collect();
+    let listen: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut lab = Lab::with(Backend::Postgres, "", &[("PENSTOCK_METRICS_LISTEN", listen[0].as_str())]);
+    let b = Gateway::start_env(
+        &lab.install,
+        &[("PENSTOCK_NODE_ID_FILE", "node_id_b"), ("PENSTOCK_METRICS_LISTEN", listen[1].as_str())],
+    );
+    let c = Gateway::start_env(
+        &lab.install,
+        &[("PENSTOCK_NODE_ID_FILE", "node_id_c"), ("PENSTOCK_METRICS_LISTEN", listen[2].as_str())],
+    );
+    let ssh_ports = [lab.port(), b.port, c.port];
+    for p in &ports {
+        assert_eq!(http_get(*p, "/healthz").0, 200);
+        let (code, body) = http_get(*p, "/readyz");
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // 8 sessions per node, all at once.
+    const PER_NODE: usize = 8;
+    let mut jobs = Vec::new();
+    for (i, port) in ssh_ports.iter().enumerate() {
+        for k in 0..PER_NODE {
+            let v = lab.vendor();
+            lab.use_port(*port);
+            let mut cmd = lab.ssh(&v, &[]);
+            cmd.arg(format!("echo node{i}-session{k}-$((6*7))"));
+            jobs.push((format!("node{i}-session{k}-42"), cmd));
+        }
+    }
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|(want, mut cmd)| {
+            std::thread::spawn(move || {
+                let o = common::sshd::run(&mut cmd, b"", Duration::from_secs(120));
+                (want, o)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (want, o) = h.join().expect("thread");
+        let out = assert_ok(&want, &o);
+        assert!(out.contains(&want), "{out}");
+    }
+
+    // One chain: consecutive sequence numbers, each linked to the one before.
+    let events = lab.audit();
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gaps or duplicates in the chain");
+    for w in events.windows(2) {
+        assert_eq!(w[1]["prev_hash"], w[0]["hash"], "fork at seq {}", w[1]["seq"]);
+    }
+    let verified = lab.install.ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let ended: usize = events.iter().filter(|e| e["kind"] == "session.ended").count();
+    assert_eq!(ended, 3 * PER_NODE, "session.ended events");
+
+    // Each node counted its own.
+    for p in &ports {
+        let closed = metric(*p, "penstock_sessions_ended_total{reason=\"closed\"}").unwrap_or(0.0);
+        assert_eq!(closed as usize, PER_NODE, "node on metrics port {p}");
+        let logins = metric(*p, "penstock_logins_total{result=\"succeeded\"}").unwrap_or(0.0);
+        assert!(logins as usize >= PER_NODE, "logins on {p}: {logins}");
+        assert_eq!(metric(*p, "penstock_sessions_live"), Some(0.0));
+    }
+
+    // Exactly one runs the jobs; kill it and another takes over.
+    let leaders: Vec<usize> = (0..3).filter(|i| metric(ports[*i], "penstock_jobs_leader") == Some(1.0)).collect();
+    assert_eq!(leaders.len(), 1, "nodes running the jobs: {leaders:?}");
+    let listed: Vec<Value> = serde_json::from_str(&lab.install.ok(&["nodes", "--json"])).expect("nodes json");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(listed.iter().filter(|n| n["jobs"] == true).count(), 1, "{listed:?}");
+    let dead = leaders[0];
+    let mut gws = [None, Some(b), Some(c)];
+    match dead {
+        0 => lab.kill_gateway(),
+        i => {
+            if let Some(g) = gws[i].as_mut() {
+                g.kill9();
+            }
+        }
+    }
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != dead).collect();
+    let t0 = Instant::now();
+    let next = eventually("no survivor took over the jobs", Duration::from_secs(15), || {
+        survivors.iter().copied().find(|i| metric(ports[*i], "penstock_jobs_leader") == Some(1.0))
+    });
+    let other = survivors.iter().copied().find(|i| *i != next).expect("other");
+    assert_eq!(metric(ports[other], "penstock_jobs_leader"), Some(0.0), "two nodes run the jobs");
+    eprintln!("jobs moved from node {dead} to node {next} in {:?}", t0.elapsed());
+    drop(gws);
+}
+
+/// The gateway's database goes away for a moment (connections refused and every existing one
+/// cut, as by a PostgreSQL restart): readiness reports it; once the database is back the
+/// signal listener resubscribes and catches up, so a kill issued right after the outage ends
+/// the session without waiting for the 5 s poll; readiness recovers.
+#[test]
+fn a_store_outage_is_caught_up_when_listeners_resubscribe() {
+    let mport = common::sshd::free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let lab = Lab::with(
+        Backend::Postgres,
+        "",
+        &[("PENSTOCK_NODE_POLL_MS", "5000"), ("PENSTOCK_METRICS_LISTEN", listen.as_str())],
+    );
+    let v = lab.vendor();
+    let s = Watched::spawn({
+        let mut c = lab.ssh(&v, &[]);
+        c.arg("echo UP; sleep 300");
+        c
+    });
+    s.until("UP", Duration::from_secs(30));
+    let live = lab.live_session(&v.name);
+    let db = lab.install.pg_database().expect("postgres").to_string();
+    let pg = common::postgres::server();
+    pg.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    pg.psql(
+        "postgres",
+        &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"),
+    );
+    let why = eventually("readiness did not notice the outage", Duration::from_secs(15), || {
+        let (code, body) = http_get(mport, "/readyz");
+        (code == 503).then_some(body)
+    });
+    assert!(why.contains("store"), "{why}");
+    pg.psql("postgres", &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    let t0 = Instant::now();
+    lab.install.ok(&["session", "kill", live["id"].as_str().expect("id")]);
+    s.until("ended by an administrator", Duration::from_secs(20));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(6), "the kill took {took:?} after the outage");
+    let log = lab.gateway_log();
+    assert!(log.contains("signal listener: reconnecting"), "{log}");
+    eventually("readiness did not recover", Duration::from_secs(15), || {
+        (http_get(mport, "/readyz").0 == 200).then_some(())
+    });
+    lab.finish();
+}
+
+/// A real HAProxy in front with `send-proxy-v2`: the gateway audits the vendor's own address
+/// (the client binds 127.0.0.2; HAProxy connects from 127.0.0.1), a client not from a proxy
+/// is served as a direct connection with its own address, and a connection from the proxy's
+/// address without a header is refused.
+#[test]
+fn haproxy_in_front_passes_the_vendors_address() {
+    let lab = Lab::with(Backend::Sqlite, "", &[("PENSTOCK_SSH_PROXY_FROM", "[\"127.0.0.1\"]")]);
+    let front = common::sshd::free_port();
+    let cfg = lab.install.scratch().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+             frontend vendors\n  bind 127.0.0.1:{front}\n  default_backend gateways\n\
+             backend gateways\n  server gw1 127.0.0.1:{} send-proxy-v2\n",
+            lab.port()
+        ),
+    )
+    .expect("haproxy config");
+    let mut hap = std::process::Command::new("haproxy");
+    hap.arg("-db").arg("-f").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut hap = die_with_parent(&mut hap).spawn().expect("haproxy (Debian package haproxy)");
+    eventually("haproxy did not listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", front)).ok().map(|_| ())
+    });
+
+    // Through HAProxy from 127.0.0.2.
+    let mut lab = lab;
+    let gw_port = lab.port();
+    lab.use_port(front);
+    let v = lab.vendor();
+    let o =
+        common::sshd::run(lab.ssh(&v, &["-b", "127.0.0.2"]).arg("echo via-$((2*21))"), b"", Duration::from_secs(60));
+    assert!(assert_ok("ssh through haproxy", &o).contains("via-42"));
+    let logins = lab.audit_events("login.succeeded");
+    let mine = logins.iter().find(|e| e["details"]["user"] == v.name.as_str()).unwrap_or_else(|| panic!("{logins:?}"));
+    assert_eq!(mine["details"]["source"], "127.0.0.2", "{mine}");
+    let s = lab.ended_session(&v.name);
+    assert!(s["client_addr"].as_str().unwrap_or("").starts_with("127.0.0.2"), "{s}");
+
+    // Direct, not from a proxy: its own address.
+    lab.use_port(gw_port);
+    let v2 = lab.vendor();
+    let o =
+        common::sshd::run(lab.ssh(&v2, &["-b", "127.0.0.3"]).arg("echo direct-$((3*3))"), b"", Duration::from_secs(60));
+    assert!(assert_ok("direct ssh", &o).contains("direct-9"));
+    let logins = lab.audit_events("login.succeeded");
+    let mine = logins.iter().find(|e| e["details"]["user"] == v2.name.as_str()).expect("login");
+    assert_eq!(mine["details"]["source"], "127.0.0.3", "{mine}");
+
+    // From the proxy's address without a header: refused before SSH begins.
+    let v3 = lab.vendor();
+    let o = common::sshd::run(lab.ssh(&v3, &["-b", "127.0.0.1"]).arg("echo leaked"), b"", Duration::from_secs(60));
+    assert!(!o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("leaked"));
+    eventually("no refusal in the log", Duration::from_secs(10), || {
+        lab.gateway_log().contains("connection from a proxy refused").then_some(())
+    });
+    let _ = hap.kill();
+    let _ = hap.wait();
+    lab.finish();
+}

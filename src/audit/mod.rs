@@ -63,6 +63,7 @@ pub async fn append(tx: &mut Tx, clock: &dyn Clock, actor: &str, event: &Event) 
         .and_then(|v| serde_json::to_string(&v))
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let (kind, version) = event.kind();
+    crate::metrics::count_event(kind);
     let hash = compute_hash(seq, at, kind, version, actor, &details, &prev);
     sqlx::query(
         "INSERT INTO audit_events (seq, at, kind, version, actor, details, prev_hash, hash) \

@@ -583,7 +583,7 @@ pub(crate) async fn nodes(config: &Path, json: bool) -> anyhow::Result<()> {
     let now = app.clock.now();
     for n in list {
         println!(
-            "{}  {:<16} {:<22} v{:<8} {:>3} live  {:<5}  heartbeat {} s ago  started {}",
+            "{}  {:<16} {:<22} v{:<8} {:>3} live  {:<5}  heartbeat {} s ago  started {}{}",
             &n.id[..n.id.len().min(12)],
             n.name,
             n.address,
@@ -591,7 +591,8 @@ pub(crate) async fn nodes(config: &Path, json: bool) -> anyhow::Result<()> {
             n.live_sessions,
             n.state,
             now - n.heartbeat_at,
-            crate::clock::fmt_ts(n.started_at)
+            crate::clock::fmt_ts(n.started_at),
+            if n.jobs { "  runs jobs" } else { "" }
         );
     }
     Ok(())

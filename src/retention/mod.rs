@@ -104,6 +104,9 @@ pub fn start(app: App) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !crate::jobs::leader() {
+                continue; // another node runs retention
+            }
             match expire(&app, "system").await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(recordings = n, "retention deleted recordings"),

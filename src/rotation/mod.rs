@@ -660,6 +660,9 @@ pub fn start_scheduler(app: App) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(TICK).await;
+            if !crate::jobs::leader() {
+                continue; // another node runs the scheduler
+            }
             if let Err(e) = run_due(&app).await {
                 tracing::warn!(error = %e, "rotation scheduler");
             }

@@ -99,34 +99,71 @@ impl Server {
                     continue;
                 }
             };
-            // Connections still logging in are bounded. A full table first drops its oldest
-            // connection that has not finished key exchange; only when every place is taken
-            // by one that is authenticating is the newcomer dropped.
-            let permit = match self.shared.logins.admit(peer.ip()) {
-                Admission::Admitted { slot, dropped } => {
-                    if dropped {
-                        tracing::warn!(%peer, dropped_total = self.shared.logins.stats.dropped_idle.load(std::sync::atomic::Ordering::Relaxed),
-                            "login table full: dropped the oldest connection that had not finished key exchange");
-                    }
-                    slot
-                }
-                Admission::Full => {
-                    tracing::warn!(%peer, "too many connections authenticating; new connection dropped");
+            let proxies = &self.shared.app.config.ssh.proxy_from;
+            if !proxies.is_empty() && crate::proxy_protocol::is_proxy(peer.ip(), proxies) {
+                // A balancer's connection: the vendor's address comes in its PROXY header. Header
+                // reads are bounded in number and time.
+                let Ok(slot) = header_slots().clone().try_acquire_owned() else {
+                    crate::metrics::count_preauth_drop();
+                    tracing::warn!(%peer, "too many PROXY headers pending; connection dropped");
                     continue;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            set_tcp_keepalive(&sock);
-            let shared = self.shared.clone();
-            let evicted = permit.eviction();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = super::handler::serve_connection(shared, sock, peer, permit) => {}
-                    _ = evicted.notified() => tracing::info!(%peer, "dropped before key exchange to make room for a new connection"),
-                }
-            });
+                };
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let mut sock = sock;
+                    match crate::proxy_protocol::read_header(&mut sock, peer, Duration::from_secs(5)).await {
+                        Ok(client) => {
+                            drop(slot);
+                            admit(shared, sock, client);
+                        }
+                        Err(e) => {
+                            crate::metrics::count_preauth_drop();
+                            tracing::warn!(proxy = %peer, error = %format!("{e:#}"), "connection from a proxy refused");
+                        }
+                    }
+                });
+                continue;
+            }
+            admit(self.shared.clone(), sock, peer);
         }
     }
+}
+
+/// Connections from proxies whose PROXY header is still being read.
+fn header_slots() -> &'static Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(256)))
+}
+
+/// Admits a connection from `peer` (the vendor's address) to the login table and serves it.
+fn admit(shared: Arc<Shared>, sock: tokio::net::TcpStream, peer: SocketAddr) {
+    // Connections still logging in are bounded. A full table first drops its oldest
+    // connection that has not finished key exchange; only when every place is taken
+    // by one that is authenticating is the newcomer dropped.
+    let permit = match shared.logins.admit(peer.ip()) {
+        Admission::Admitted { slot, dropped } => {
+            if dropped {
+                crate::metrics::count_preauth_drop();
+                tracing::warn!(%peer, dropped_total = shared.logins.stats.dropped_idle.load(std::sync::atomic::Ordering::Relaxed),
+                    "login table full: dropped the oldest connection that had not finished key exchange");
+            }
+            slot
+        }
+        Admission::Full => {
+            crate::metrics::count_preauth_drop();
+            tracing::warn!(%peer, "too many connections authenticating; new connection dropped");
+            return;
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    set_tcp_keepalive(&sock);
+    let evicted = permit.eviction();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = super::handler::serve_connection(shared, sock, peer, permit) => {}
+            _ = evicted.notified() => tracing::info!(%peer, "dropped before key exchange to make room for a new connection"),
+        }
+    });
 }
 
 /// TCP keepalives (idle 60 s, then every 15 s, 4 probes) find a vanished client without sending
@@ -205,9 +242,13 @@ async fn watch_sessions(shared: Arc<Shared>) {
             }
         }
         if !signalled && n.is_multiple_of(slow_ticks) {
-            // Every 2 s: pending requests past their time, and `penstock policy reload`.
-            if let Err(e) = crate::access::requests::expire_due(&shared.app).await {
-                tracing::warn!(error = %e, "cannot expire requests");
+            // Every 2 s: pending requests past their time (on the node that runs the jobs), and
+            // `penstock policy reload`.
+            if crate::jobs::leader() {
+                match crate::access::requests::expire_due(&shared.app).await {
+                    Ok(_) => crate::metrics::jobs_pass(shared.app.clock.now()),
+                    Err(e) => tracing::warn!(error = %e, "cannot expire requests"),
+                }
             }
             let g = policy_generation(&shared.app).await;
             if g != generation {
