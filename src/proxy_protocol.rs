@@ -79,6 +79,9 @@ pub async fn read_header<R: AsyncRead + Unpin>(
 async fn read_inner<R: AsyncRead + Unpin>(r: &mut R, peer: SocketAddr) -> anyhow::Result<SocketAddr> {
     let mut head = [0u8; 16];
     r.read_exact(&mut head).await.context("connection closed before its PROXY header")?;
+    if head[..12] != SIGNATURE {
+        bail!("not a PROXY protocol v2 header");
+    }
     let len = u16::from_be_bytes([head[14], head[15]]) as usize;
     if len > MAX_BLOCK {
         bail!("PROXY header too long ({len} bytes)");
