@@ -34,5 +34,7 @@ pub fn header(
         "desktop_width": client.width,
         "desktop_height": client.height,
         "keyboard_layout": client.keyboard_layout,
+        "channels": client.channels,
+        "channels_refused": client.refused,
     })
 }
