@@ -685,33 +685,64 @@ max_duration = "4h"
 rdp_clipboard = true
 "#;
 
-/// The channel ids the target's MCS Connect Response gave (one per static channel it was asked
-/// for), read from the recording.
-fn target_channel_ids(records: &[penstock::recording::frames::Record]) -> usize {
+/// The target's stream of a recording as whole PDUs: the channel ids its MCS Connect Response
+/// gave (one per static channel it was asked for, in order), and how many Send Data
+/// Indications it sent on each channel id.
+fn target_channels(records: &[penstock::recording::frames::Record]) -> (Vec<u16>, std::collections::HashMap<u16, usize>) {
+    use ironrdp_pdu::mcs::McsMessage;
     use ironrdp_pdu::x224::{X224Data, X224};
-    let first = records.iter().find(|r| r.kind == b'S').expect("the target's stream");
-    let frame = ironrdp_core::decode::<X224<X224Data<'_>>>(&first.data).expect("X.224 data").0;
-    let resp = ironrdp_core::decode::<ironrdp_pdu::mcs::ConnectResponse>(frame.data.as_ref()).expect("Connect Response");
-    resp.conference_create_response.gcc_blocks().network.channel_ids.len()
+    let stream: Vec<u8> = records.iter().filter(|r| r.kind == b'S').flat_map(|r| r.data.iter().copied()).collect();
+    let mut rest = &stream[..];
+    let mut ids = Vec::new();
+    let mut per_channel = std::collections::HashMap::new();
+    while let Ok(Some(info)) = ironrdp_pdu::find_size(rest) {
+        if info.length == 0 || rest.len() < info.length {
+            break;
+        }
+        let (pdu, tail) = rest.split_at(info.length);
+        rest = tail;
+        if info.action != ironrdp_pdu::Action::X224 {
+            continue;
+        }
+        if ids.is_empty() {
+            if let Ok(X224(frame)) = ironrdp_core::decode::<X224<X224Data<'_>>>(pdu) {
+                if let Ok(resp) = ironrdp_core::decode::<ironrdp_pdu::mcs::ConnectResponse>(frame.data.as_ref()) {
+                    ids = resp.conference_create_response.gcc_blocks().network.channel_ids.clone();
+                    continue;
+                }
+            }
+        }
+        if let Ok(X224(McsMessage::SendDataIndication(ind))) = ironrdp_core::decode::<X224<McsMessage<'_>>>(pdu) {
+            *per_channel.entry(ind.channel_id).or_insert(0) += 1;
+        }
+    }
+    (ids, per_channel)
 }
 
-/// One session with `+clipboard` on `target`: the recording's header and the number of
-/// channels the target granted.
-fn clipboard_session(lab: &Lab, target: &str) -> (serde_json::Value, usize) {
+/// One session with `+clipboard` on `target`: the recording's header, the channel names as
+/// the target was asked for them, and per name the PDUs the target sent on that channel.
+fn clipboard_session(lab: &Lab, target: &str) -> (serde_json::Value, Vec<String>, Vec<usize>) {
     let (_, cred) = lab.grant_on("alice", target);
     let (mut client, id, _) = start_session_with(lab, target, &cred, &["+clipboard"]);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(client.0.try_wait().expect("try_wait").is_none(), "the session stays up\n{}", lab.gw.log_text());
     let s = kill_and_wait(lab, &id);
     let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
     let bytes = std::fs::read(s["recording_path"].as_str().expect("recorded")).expect("recording");
     let (header, records) = penstock::recording::frames::read(&bytes[..]).expect("frames");
-    (header, target_channel_ids(&records))
+    let (ids, per_channel) = target_channels(&records);
+    let names: Vec<String> =
+        header["channels"].as_array().expect("channels").iter().filter_map(|v| v.as_str()).map(str::to_string).collect();
+    assert_eq!(ids.len(), names.len(), "the target numbered every channel asked for: {header} {ids:?}");
+    let pdus = ids.iter().map(|id| per_channel.get(id).copied().unwrap_or(0)).collect();
+    (header, names, pdus)
 }
 
 /// Clipboard redirection is off unless the target's policy allows it: with the default policy
-/// the `cliprdr` channel is left out of what the target is asked for (the target's Connect
-/// Response numbers one channel fewer), refused in the recording header and the gateway's log;
-/// with `[channels] rdp_clipboard = true` the target gets it.
+/// the target is asked for the channel under a name it does not serve and sends nothing on it
+/// (seen in the recording of its stream), the header and the gateway's log name it refused;
+/// with `[channels] rdp_clipboard = true` the target opens the clipboard (its cliprdr PDUs are
+/// in the recording).
 #[test]
 fn rdp_clipboard_channel_only_where_policy_allows() {
     let lab = Lab::with(None, &[("00-clip.toml", CLIP_POLICY)], &[]);
@@ -732,21 +763,21 @@ fn rdp_clipboard_channel_only_where_policy_allows() {
         ],
         format!("{VAULT_PW}\n").as_bytes(),
     );
-    let names = |h: &serde_json::Value, k: &str| -> Vec<String> {
-        h[k].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_string).collect()
+    let refused = |h: &serde_json::Value| -> Vec<String> {
+        h["channels_refused"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_string).collect()
     };
 
-    let (off, off_ids) = clipboard_session(&lab, TARGET);
-    assert!(names(&off, "channels_refused").contains(&"cliprdr".to_string()), "{off}");
-    assert!(!names(&off, "channels").contains(&"cliprdr".to_string()), "{off}");
-    assert_eq!(off_ids, names(&off, "channels").len(), "the target numbered only the channels passed on: {off}");
-    assert!(lab.gw.log_text().contains("left out by policy"), "{}", lab.gw.log_text());
+    let (on, on_names, on_pdus) = clipboard_session(&lab, "hmi-clip");
+    let pos = on_names.iter().position(|n| n == "cliprdr").unwrap_or_else(|| panic!("cliprdr passed on: {on}"));
+    assert!(!refused(&on).contains(&"cliprdr".to_string()), "{on}");
+    assert!(on_pdus[pos] > 0, "the target opened the clipboard where the policy allows it: {on} {on_pdus:?}");
 
-    let (on, on_ids) = clipboard_session(&lab, "hmi-clip");
-    assert!(names(&on, "channels").contains(&"cliprdr".to_string()), "{on}");
-    assert!(!names(&on, "channels_refused").contains(&"cliprdr".to_string()), "{on}");
-    assert_eq!(on_ids, names(&on, "channels").len(), "{on}");
-    assert_eq!(on_ids, off_ids + 1, "the target got the clipboard channel only where allowed");
+    let (off, off_names, off_pdus) = clipboard_session(&lab, TARGET);
+    assert!(refused(&off).contains(&"cliprdr".to_string()), "{off}");
+    assert!(!off_names.contains(&"cliprdr".to_string()), "{off}");
+    assert!(off_names[pos].starts_with("_pstk"), "the clipboard channel was renamed: {off}");
+    assert_eq!(off_pdus[pos], 0, "the target sent nothing on the refused clipboard channel: {off} {off_pdus:?}");
+    assert!(lab.gw.log_text().contains("left out by policy"), "{}", lab.gw.log_text());
 }
 
 /// A webhook receiver on loopback: its port and the bodies it got.

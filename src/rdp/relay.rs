@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use ironrdp_pdu::gcc::{ClientEarlyCapabilityFlags, ConferenceCreateRequest};
+use ironrdp_pdu::gcc::{ChannelName, ClientEarlyCapabilityFlags, ConferenceCreateRequest};
 use ironrdp_pdu::mcs::ConnectInitial;
 use ironrdp_pdu::nego::SecurityProtocol;
 use ironrdp_pdu::x224::{X224Data, X224};
@@ -33,7 +33,8 @@ pub struct ClientSettings {
     pub height: u16,
     /// Keyboard layout (for reading scancodes later).
     pub keyboard_layout: u32,
-    /// Static virtual channels passed on to the target, in the order the target numbers them.
+    /// Static virtual channels as the target was asked for them, in the order it numbers them
+    /// (refused ones under their placeholder name).
     pub channels: Vec<String>,
     /// Static virtual channels the policy refused.
     pub refused: Vec<String>,
@@ -52,7 +53,7 @@ pub fn channel_allowed(name: &str, rules: &Channels) -> bool {
 
 /// Rewrites the X.224 frame holding the vendor's MCS Connect Initial: `serverSelectedProtocol`
 /// becomes what the target selected, the GFX pipeline flag is cleared, and the static channels
-/// the policy does not allow are left out of the channel list (the target never opens them).
+/// the policy does not allow are renamed so that the target never opens them.
 pub fn rewrite_connect_initial(
     frame: &[u8],
     selected: SecurityProtocol,
@@ -66,19 +67,24 @@ pub fn rewrite_connect_initial(
     if let Some(flags) = blocks.core.optional_data.early_capability_flags.as_mut() {
         flags.remove(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
     }
+    // A refused channel keeps its place under a name no target serves (`_pstkN`): the client
+    // gets as many channel ids as it asked for (xfreerdp drops the connection otherwise), and
+    // the target never opens clipboard or device redirection on it. Both protocols are started
+    // by the server (Monitor Ready, Server Announce), so the client's side stays idle.
     let mut channels = Vec::new();
     let mut refused = Vec::new();
     if let Some(net) = blocks.network.as_mut() {
-        net.channels.retain(|c| {
+        for (i, c) in net.channels.iter_mut().enumerate() {
             let name = c.name.as_str().unwrap_or("?").to_string();
-            let ok = channel_allowed(&name, rules);
-            if ok {
+            if channel_allowed(&name, rules) {
                 channels.push(name);
             } else {
+                let placeholder = format!("_pstk{}", i % 10);
+                c.name = ChannelName::from_utf8(&placeholder).ok_or_else(|| bad(&"channel name"))?;
+                channels.push(placeholder);
                 refused.push(name);
             }
-            ok
-        });
+        }
     }
     let settings = ClientSettings {
         width: blocks.core.desktop_width,
