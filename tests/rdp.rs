@@ -525,6 +525,7 @@ fn start_session(lab: &Lab, extra: &[&str]) -> (Proc, String, String) {
 /// Starts `xfreerdp` as alice on `target` with `cred` and waits for a new live session.
 fn start_session_with(lab: &Lab, target: &str, cred: &str, extra: &[&str]) -> (Proc, String, String) {
     let cred = cred.to_string();
+    let known: Vec<String> = lab.sessions().iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
     let mut c = lab.xfreerdp(&format!("alice@{target}"), &cred, extra);
     let client_log = lab.i.scratch().join("xfreerdp.log");
     let child = die_with_parent(c.stdout(std::fs::File::create(&client_log).expect("log")).stderr(Stdio::null()))
@@ -533,7 +534,11 @@ fn start_session_with(lab: &Lab, target: &str, cred: &str, extra: &[&str]) -> (P
     let mut client = Proc(child);
     let end = Instant::now() + Duration::from_secs(30);
     let id = loop {
-        let live: Vec<_> = lab.sessions().into_iter().filter(|s| s["ended_at"].is_null()).collect();
+        let live: Vec<_> = lab
+            .sessions()
+            .into_iter()
+            .filter(|s| s["ended_at"].is_null() && !known.iter().any(|k| s["id"] == k.as_str()))
+            .collect();
         if let Some(s) = live.first() {
             break s["id"].as_str().expect("id").to_string();
         }
@@ -620,7 +625,8 @@ fn rdp_replay_decodes_frames_keystrokes_and_search() {
     let dir = lab.i.scratch().join("frames");
     let out = lab.i.ok(&["replay", &id, "--frames", dir.to_str().expect("utf-8"), "--every", "0.5"]);
     assert!(out.contains("frames written"), "{out}");
-    let mut pngs: Vec<PathBuf> = std::fs::read_dir(&dir).expect("frames dir").map(|e| e.expect("entry").path()).collect();
+    let mut pngs: Vec<PathBuf> =
+        std::fs::read_dir(&dir).expect("frames dir").map(|e| e.expect("entry").path()).collect();
     pngs.sort();
     assert!(pngs.len() >= 2, "frames: {pngs:?}\n{out}");
     let last = read_png(&dir.join("last.png"));
@@ -700,7 +706,9 @@ rdp_clipboard = true
 /// The target's stream of a recording as whole PDUs: the channel ids its MCS Connect Response
 /// gave (one per static channel it was asked for, in order), and how many Send Data
 /// Indications it sent on each channel id.
-fn target_channels(records: &[penstock::recording::frames::Record]) -> (Vec<u16>, std::collections::HashMap<u16, usize>) {
+fn target_channels(
+    records: &[penstock::recording::frames::Record],
+) -> (Vec<u16>, std::collections::HashMap<u16, usize>) {
     use ironrdp_pdu::mcs::McsMessage;
     use ironrdp_pdu::x224::{X224Data, X224};
     let stream: Vec<u8> = records.iter().filter(|r| r.kind == b'S').flat_map(|r| r.data.iter().copied()).collect();
@@ -803,13 +811,19 @@ fn rdp_clipboard_channel_only_where_policy_allows() {
     let (off, off_seen) = clipboard_session(&lab, TARGET);
     assert!(!off_seen.is_empty(), "the target logged its channels");
     assert!(refused(&off).contains(&"cliprdr".to_string()) && refused(&off).contains(&"rdpdr".to_string()), "{off}");
-    assert!(!off_seen.iter().any(|c| c == "cliprdr" || c == "rdpdr"), "the target got no clipboard or drive channel: {off_seen:?}");
+    assert!(
+        !off_seen.iter().any(|c| c == "cliprdr" || c == "rdpdr"),
+        "the target got no clipboard or drive channel: {off_seen:?}"
+    );
     assert!(off_seen.iter().any(|c| c.starts_with("_pstk")), "{off_seen:?}");
     assert!(lab.gw.log_text().contains("left out by policy"), "{}", lab.gw.log_text());
 
     let (on, on_seen) = clipboard_session(&lab, "hmi-clip");
     assert!(!refused(&on).contains(&"cliprdr".to_string()), "{on}");
-    assert!(on_seen.iter().any(|c| c == "cliprdr"), "the target got the clipboard where the policy allows it: {on_seen:?}");
+    assert!(
+        on_seen.iter().any(|c| c == "cliprdr"),
+        "the target got the clipboard where the policy allows it: {on_seen:?}"
+    );
     assert!(!on_seen.iter().any(|c| c == "rdpdr"), "drives stay off: {on_seen:?}");
 }
 
@@ -836,7 +850,9 @@ fn hook_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
                 if let Some(pos) = text.find("\r\n\r\n") {
                     let len = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     if buf.len() >= pos + 4 + len {
@@ -915,14 +931,15 @@ fn rdp_bench() {
         assert!(st.is_some_and(|s| s.success()), "login failed");
         t.elapsed().as_secs_f64() * 1000.0
     };
-    let direct: Vec<f64> = (0..runs)
-        .map(|_| {
-            time(&mut lab.xfreerdp_to(lab.shadow.port, LOGIN, VAULT_PW, &["+auth-only"]))
-        })
-        .collect();
+    let direct: Vec<f64> =
+        (0..runs).map(|_| time(&mut lab.xfreerdp_to(lab.shadow.port, LOGIN, VAULT_PW, &["+auth-only"]))).collect();
     let via: Vec<f64> =
         (0..runs).map(|_| time(&mut lab.xfreerdp(&format!("alice@{TARGET}"), &cred, &["+auth-only"]))).collect();
-    println!("NLA login (xfreerdp +auth-only), median of {runs}: direct {:.0} ms, through the gateway {:.0} ms", median(direct), median(via));
+    println!(
+        "NLA login (xfreerdp +auth-only), median of {runs}: direct {:.0} ms, through the gateway {:.0} ms",
+        median(direct),
+        median(via)
+    );
 
     let pid = lab.gw.pid();
     let (rss0, cpu0) = proc_stats(pid);
@@ -943,15 +960,25 @@ fn rdp_bench() {
     }
     let (rss1, cpu1) = proc_stats(pid);
     let mut down = 0i64;
+    let mut live = 0;
     for (mut c, id) in sessions {
-        let s = kill_and_wait(&lab, &id);
+        live += usize::from(c.0.try_wait().ok().flatten().is_none());
+        let _ = lab.i.run(&["session", "kill", &id]);
+        let end = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let s = lab.sessions().into_iter().find(|s| s["id"] == id.as_str()).expect("session row");
+            if !s["ended_at"].is_null() || Instant::now() > end {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         down += s["bytes_down"].as_i64().unwrap_or(0);
         let _ = wait_timeout(&mut c.0, Duration::from_secs(5));
     }
     let ticks = 100.0; // CLK_TCK on Linux
     let cpu_s = (cpu1 - cpu0) as f64 / ticks;
     println!(
-        "3 sessions, {n} full-screen changes: {:.1} MB relayed and recorded target→vendor, gateway CPU {:.2} s ({:.2} s/MB), memory +{} KiB ({} KiB per session)",
+        "3 sessions ({live} still up at the end), {n} full-screen changes: {:.1} MB relayed and recorded target→vendor, gateway CPU {:.2} s ({:.2} s/MB), memory +{} KiB ({} KiB per session)",
         down as f64 / 1e6,
         cpu_s,
         cpu_s / (down as f64 / 1e6).max(0.001),
@@ -959,7 +986,6 @@ fn rdp_bench() {
         rss1.saturating_sub(rss0) / 3
     );
 }
-
 
 /// A local account `LOGIN` with password `pw` on this machine (the TLS-only shadow server
 /// checks Client Info credentials through PAM).

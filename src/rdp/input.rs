@@ -189,9 +189,8 @@ fn replace_credentials(pdu: &[u8], logon: &AutoLogon) -> Result<Option<Vec<u8>>,
         ironrdp_pdu::rdp::client_info::Credentials { username: logon.login.clone(), password, domain: None };
     info.client_info.password_cookie = None;
     info.client_info.flags |= ClientInfoFlags::AUTOLOGON;
-    let user_data = zeroize::Zeroizing::new(
-        ironrdp_core::encode_vec(&info).map_err(|e| format!("encode Client Info: {e}"))?,
-    );
+    let user_data =
+        zeroize::Zeroizing::new(ironrdp_core::encode_vec(&info).map_err(|e| format!("encode Client Info: {e}"))?);
     // IronRDP's Credentials hold the password in a plain String; it is dropped here.
     drop(info);
     let new = ironrdp_pdu::mcs::SendDataRequest {

@@ -114,7 +114,10 @@ async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u
     if tap.broken && !was_broken {
         tracing::warn!("the vendor's RDP stream could not be split into PDUs: its input is not recorded from here on");
         let note = serde_json::json!({ "error": "the client stream could not be split into PDUs; input not recorded from here" });
-        recorder.record(CLIENT_INFO, Bytes::from(note.to_string().into_bytes())).await.map_err(std::io::Error::other)?;
+        recorder
+            .record(CLIENT_INFO, Bytes::from(note.to_string().into_bytes()))
+            .await
+            .map_err(std::io::Error::other)?;
     }
     Ok(())
 }

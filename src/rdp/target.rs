@@ -84,8 +84,7 @@ pub async fn connect(
         let public_key = tls::public_key(cert.as_ref()).map_err(|e| RdpError::Target(e.to_string()))?;
         let mut framed = TokioFramed::new(tls);
         if target.rdp_nla {
-            credssp::login_target(&mut framed, &target.login, credential, selected, &target.host, public_key)
-                .await?;
+            credssp::login_target(&mut framed, &target.login, credential, selected, &target.host, public_key).await?;
         }
         Ok(TargetLeg { framed, selected })
     };

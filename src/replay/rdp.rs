@@ -110,8 +110,8 @@ impl Decoder {
         let (w, h) = (width.clamp(1, MAX_SIDE), height.clamp(1, MAX_SIDE));
         let same = self.image.as_ref().is_some_and(|i| i.width() == w && i.height() == h);
         if !same {
+            // A new, black desktop: a frame is written once something is drawn on it.
             self.image = Some(DecodedImage::new(PixelFormat::RgbA32, w, h));
-            self.changed = true;
         }
         self.processor = Some(
             ProcessorBuilder {
@@ -320,12 +320,7 @@ fn rgb(img: &DecodedImage, size: (u16, u16)) -> Vec<u8> {
 /// Decodes `records` and writes frames: with `every` seconds, a frame at each multiple of it
 /// when the screen changed since the last one written, and always the last. A PNG export
 /// writes each frame once; a video repeats frames to keep the recording's pace.
-pub fn export(
-    header: &serde_json::Value,
-    records: &[Record],
-    every: f64,
-    sink: &mut Sink,
-) -> anyhow::Result<Exported> {
+pub fn export(header: &serde_json::Value, records: &[Record], every: f64, sink: &mut Sink) -> anyhow::Result<Exported> {
     if every.is_nan() || every <= 0.0 {
         bail!("--every must be above 0 seconds");
     }
@@ -380,11 +375,8 @@ fn emit(
             if !dec.changed && !last {
                 return Ok(());
             }
-            let name = if last {
-                "last.png".to_string()
-            } else {
-                format!("frame-{:05}-{:09}ms.png", done.frames, at / 1000)
-            };
+            let name =
+                if last { "last.png".to_string() } else { format!("frame-{:05}-{:09}ms.png", done.frames, at / 1000) };
             let path = dir.join(name);
             std::fs::write(&path, png_bytes(img)?).with_context(|| format!("cannot write {}", path.display()))?;
             done.files.push(path);
@@ -584,7 +576,8 @@ impl KeyLog {
             self.click(t, "left", x, y);
         } else if flags.contains(PointerFlags::RIGHT_BUTTON) {
             self.click(t, "right", x, y);
-        } else if flags.contains(PointerFlags::MIDDLE_BUTTON_OR_WHEEL) && !flags.contains(PointerFlags::VERTICAL_WHEEL) {
+        } else if flags.contains(PointerFlags::MIDDLE_BUTTON_OR_WHEEL) && !flags.contains(PointerFlags::VERTICAL_WHEEL)
+        {
             self.click(t, "middle", x, y);
         }
     }
