@@ -86,37 +86,43 @@ struct Shadow {
     home: PathBuf,
     log: PathBuf,
     _p: Proc,
-    _d: Display,
+    display: Display,
 }
 
 impl Shadow {
     fn start(dir: &Path) -> Shadow {
-        let d = Display::start();
-        let home = dir.join("shadow-home");
-        std::fs::create_dir_all(&home).expect("home");
         let sam = dir.join("sam");
         let out =
             Command::new("winpr-hash").args(["-u", LOGIN, "-p", VAULT_PW, "-f", "sam"]).output().expect("winpr-hash");
         assert!(out.status.success(), "winpr-hash: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(&sam, &out.stdout).expect("sam");
+        Shadow::start_with(dir, "shadow", &["/sec:nla".to_string(), format!("/sam-file:{}", sam.display())])
+    }
+
+    /// A shadow server with `security` arguments, its files under `dir/name-*`.
+    fn start_with(dir: &Path, name: &str, security: &[String]) -> Shadow {
+        let d = Display::start();
+        let home = dir.join(format!("{name}-home"));
+        std::fs::create_dir_all(&home).expect("home");
         let port = free_port();
-        let log = dir.join("shadow.log");
+        let log = dir.join(format!("{name}.log"));
+        let err_log = dir.join(format!("{name}.err"));
         // A fresh Xvfb sometimes refuses its very first clients: the shadow server exits with
         // "failed to open display"; it is started again (on the same display) until it listens.
         let end = Instant::now() + Duration::from_secs(30);
         let child = 'started: loop {
             let child = die_with_parent(
-                Command::new("freerdp-shadow-cli")
-                    .args([
-                        "/bind-address:127.0.0.1".to_string(),
-                        format!("/port:{port}"),
-                        "/sec:nla".into(),
-                        format!("/sam-file:{}", sam.display()),
-                    ])
+                // Line-buffered standard output (stdbuf execs the server: same process), so its
+                // log is in the file while it runs.
+                Command::new("stdbuf")
+                    .args(["-oL", "freerdp-shadow-cli"])
+                    .args(["/bind-address:127.0.0.1".to_string(), format!("/port:{port}")])
+                    .args(security)
                     .env("DISPLAY", d.env())
                     .env("HOME", &home)
+                    .env("WLOG_LEVEL", "INFO")
                     .stdout(std::fs::File::create(&log).expect("log"))
-                    .stderr(std::fs::File::create(dir.join("shadow.err")).expect("log")),
+                    .stderr(std::fs::File::create(&err_log).expect("log")),
             )
             .spawn()
             .expect("cannot run freerdp-shadow-cli (package freerdp2-shadow-x11)");
@@ -130,7 +136,7 @@ impl Shadow {
                     "shadow server on display {} did not listen: {}{}",
                     d.env(),
                     std::fs::read_to_string(&log).unwrap_or_default(),
-                    std::fs::read_to_string(dir.join("shadow.err")).unwrap_or_default()
+                    std::fs::read_to_string(&err_log).unwrap_or_default()
                 );
                 if child.0.try_wait().expect("try_wait").is_some() {
                     std::thread::sleep(Duration::from_millis(300));
@@ -139,7 +145,7 @@ impl Shadow {
                 std::thread::sleep(Duration::from_millis(100));
             }
         };
-        Shadow { port, home, log, _p: child, _d: d }
+        Shadow { port, home, log, _p: child, display: d }
     }
 
     /// SHA-256 of its certificate, as `openssl x509 -fingerprint -sha256` prints it.
@@ -167,11 +173,20 @@ impl Lab {
     /// An installation with alice (vendor), mia (manager), bob (vendor), the policy, and the
     /// shadow server as target `TARGET` added with `target_args` (cert pinning flags).
     fn new(pin: Option<&str>) -> Lab {
+        Lab::with(pin, &[], &[])
+    }
+
+    /// As `new`, with more policy files (name, text; read before `10-hmi.toml`) and gateway
+    /// environment.
+    fn with(pin: Option<&str>, policies: &[(&str, &str)], env: &[(&str, &str)]) -> Lab {
         let i = Install::new(Backend::Sqlite);
         let shadow = Shadow::start(&i.scratch());
         let pdir = i.dir().join("policies");
         std::fs::create_dir_all(&pdir).expect("policies");
-        std::fs::write(pdir.join("00-hmi.toml"), POLICY).expect("policy");
+        std::fs::write(pdir.join("10-hmi.toml"), POLICY).expect("policy");
+        for (name, text) in policies {
+            std::fs::write(pdir.join(name), text).expect("policy");
+        }
         let mut args = vec![
             "target".to_string(),
             "add".into(),
@@ -199,7 +214,7 @@ impl Lab {
                 users::add(&app, "test", nu).await.expect("user");
             }
         });
-        let gw = Gateway::start(&i);
+        let gw = Gateway::start_env(&i, env);
         Lab { i, gw, shadow, client_display: Display::start() }
     }
 
@@ -210,11 +225,16 @@ impl Lab {
 
     /// `who` asks for `target`, mia approves: the grant id and its one-time credential.
     fn grant_on(&self, who: &str, target: &str) -> (i64, String) {
+        self.grant_for(who, target, 3600)
+    }
+
+    /// `who` asks for `target` for `duration` seconds, mia approves.
+    fn grant_for(&self, who: &str, target: &str, duration: i64) -> (i64, String) {
         common::block_on(async {
             let app = self.i.app().await;
             app.load_policies().expect("policies");
             let u = users::get(&app, who).await.expect("user");
-            let ask = Ask { target: target.into(), duration: 3600, reason: "CHG-77 HMI update".into(), start: None };
+            let ask = Ask { target: target.into(), duration, reason: "CHG-77 HMI update".into(), start: None };
             let r = requests::create(&app, &u, &ask).await.expect("request");
             let mia = users::get(&app, "mia").await.expect("mia");
             let r = requests::approve(&app, &mia, r.id, None).await.expect("approve");
@@ -225,11 +245,16 @@ impl Lab {
     }
 
     fn xfreerdp(&self, user: &str, password: &str, extra: &[&str]) -> Command {
+        self.xfreerdp_to(self.gw.rdp_port, user, password, extra)
+    }
+
+    /// `xfreerdp` to `port` on loopback.
+    fn xfreerdp_to(&self, port: u16, user: &str, password: &str, extra: &[&str]) -> Command {
         let home = self.i.scratch().join("client-home");
         std::fs::create_dir_all(&home).expect("client home");
         let mut c = Command::new("xfreerdp");
         c.args([
-            format!("/v:127.0.0.1:{}", self.gw.rdp_port),
+            format!("/v:127.0.0.1:{port}"),
             format!("/u:{user}"),
             format!("/p:{password}"),
             "/cert:ignore".into(),
@@ -453,7 +478,7 @@ fn rdp_full_session_is_recorded_and_killable() {
     assert_eq!(header["format"], "penstock-rdp/1", "{header}");
     assert_eq!(header["desktop_width"], 800, "{header}");
     assert_eq!(header["user"], "alice", "{header}");
-    let recorded: usize = records.iter().map(|r| r.data.len()).sum();
+    let recorded: usize = records.iter().filter(|r| r.kind == b'S').map(|r| r.data.len()).sum();
     assert_eq!(recorded as i64, s["bytes_down"].as_i64().unwrap_or(-1), "every byte the target sent is recorded");
     assert!(records.windows(2).all(|w| w[0].at_micros <= w[1].at_micros), "timestamps only go forward");
 
@@ -472,9 +497,566 @@ fn rdp_full_session_is_recorded_and_killable() {
     assert!(!out.status.success(), "a changed recording fails audit verify");
     std::fs::write(&path, &bytes).expect("restore");
 
-    // `replay` says plainly that it cannot decode RDP recordings yet.
+    // `replay` without an RDP output says which ones there are.
     let err = lab.i.fails(&["replay", &id]);
-    assert!(err.contains("RDP session"), "{err}");
+    assert!(err.contains("RDP session") && err.contains("--frames"), "{err}");
 
+    lab.assert_vault_pw_nowhere();
+}
+
+/// Runs `prog args` with `DISPLAY=display`; panics with its output when it fails.
+fn x_tool(display: &Display, prog: &str, args: &[&str]) {
+    let out = Command::new(prog)
+        .args(args)
+        .env("DISPLAY", display.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
+    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `xfreerdp` for alice's grant and waits for its session: the client, the id and the
+/// grant credential.
+fn start_session(lab: &Lab, extra: &[&str]) -> (Proc, String, String) {
+    let (_, cred) = lab.grant("alice");
+    start_session_with(lab, TARGET, &cred, extra)
+}
+
+/// Starts `xfreerdp` as alice on `target` with `cred` and waits for a new live session.
+fn start_session_with(lab: &Lab, target: &str, cred: &str, extra: &[&str]) -> (Proc, String, String) {
+    let cred = cred.to_string();
+    let known: Vec<String> = lab.sessions().iter().filter_map(|s| s["id"].as_str().map(str::to_string)).collect();
+    let mut c = lab.xfreerdp(&format!("alice@{target}"), &cred, extra);
+    let client_log = lab.i.scratch().join("xfreerdp.log");
+    let child = die_with_parent(c.stdout(std::fs::File::create(&client_log).expect("log")).stderr(Stdio::null()))
+        .spawn()
+        .expect("xfreerdp");
+    let mut client = Proc(child);
+    let end = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let live: Vec<_> = lab
+            .sessions()
+            .into_iter()
+            .filter(|s| s["ended_at"].is_null() && !known.iter().any(|k| s["id"] == k.as_str()))
+            .collect();
+        if let Some(s) = live.first() {
+            break s["id"].as_str().expect("id").to_string();
+        }
+        assert!(
+            Instant::now() < end && client.0.try_wait().expect("try_wait").is_none(),
+            "no RDP session started\ngateway:\n{}\nclient:\n{}",
+            lab.gw.log_text(),
+            std::fs::read_to_string(&client_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    (client, id, cred)
+}
+
+/// Kills session `id` and waits until its row is closed.
+fn kill_and_wait(lab: &Lab, id: &str) -> serde_json::Value {
+    assert_ok("session kill", &lab.i.run(&["session", "kill", id]));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = lab.sessions().into_iter().find(|s| s["id"] == id).expect("session row");
+        if !s["ended_at"].is_null() {
+            return s;
+        }
+        assert!(Instant::now() < end, "session not closed: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A PNG's size and RGB pixels.
+fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    let dec = png::Decoder::new(std::fs::File::open(path).expect("png"));
+    let mut r = dec.read_info().expect("png header");
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).expect("png frame");
+    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
+    buf.truncate(info.buffer_size());
+    (info.width as usize, info.height as usize, buf)
+}
+
+/// Whether most pixels of the 40x40 square at (x, y) are `rgb` (RemoteFX is lossy: ±16).
+fn square_is(png: &(usize, usize, Vec<u8>), x: usize, y: usize, rgb: [u8; 3]) -> bool {
+    let (w, h, px) = png;
+    let mut good = 0;
+    let mut all = 0;
+    for yy in y..(y + 40).min(*h) {
+        for xx in x..(x + 40).min(*w) {
+            let i = (yy * w + xx) * 3;
+            all += 1;
+            if (0..3).all(|c| (i32::from(px[i + c]) - i32::from(rgb[c])).abs() <= 16) {
+                good += 1;
+            }
+        }
+    }
+    all > 0 && good * 10 >= all * 9
+}
+
+/// The target's desktop is drawn in one colour, the vendor works (clicks, types a line), the
+/// desktop changes colour; the recording replays to PNG frames that show both colours (the
+/// last one the second), to a video through ffmpeg, and to a key log with the typed line and
+/// the click; the typed word is found by `recordings search`; the vendor's password (grant
+/// credential) and the vaulted one are nowhere in the recording.
+#[test]
+fn rdp_replay_decodes_frames_keystrokes_and_search() {
+    const FIRST: [u8; 3] = [0x1f, 0x8a, 0x3c];
+    const SECOND: [u8; 3] = [0xc8, 0x1e, 0x5a];
+    let lab = Lab::new(None);
+    x_tool(&lab.shadow.display, "xsetroot", &["-solid", "#1f8a3c"]);
+    let (mut client, id, cred) = start_session(&lab, &["/size:800x600"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(client.0.try_wait().expect("try_wait").is_none(), "the session stays up\n{}", lab.gw.log_text());
+    // The vendor clicks into the session and types a line (xfreerdp sends scancodes).
+    x_tool(&lab.client_display, "xdotool", &["mousemove", "300", "200", "click", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    x_tool(&lab.client_display, "xdotool", &["type", "--delay", "60", "zebra42 Hello!"]);
+    x_tool(&lab.client_display, "xdotool", &["key", "Return"]);
+    std::thread::sleep(Duration::from_millis(500));
+    x_tool(&lab.shadow.display, "xsetroot", &["-solid", "#c81e5a"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = kill_and_wait(&lab, &id);
+    let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
+    let path = s["recording_path"].as_str().expect("recorded").to_string();
+
+    // Frames.
+    let dir = lab.i.scratch().join("frames");
+    let out = lab.i.ok(&["replay", &id, "--frames", dir.to_str().expect("utf-8"), "--every", "0.5"]);
+    assert!(out.contains("frames written"), "{out}");
+    let mut pngs: Vec<PathBuf> =
+        std::fs::read_dir(&dir).expect("frames dir").map(|e| e.expect("entry").path()).collect();
+    pngs.sort();
+    assert!(pngs.len() >= 2, "frames: {pngs:?}\n{out}");
+    let last = read_png(&dir.join("last.png"));
+    assert!(last.0 >= 640 && last.1 >= 480, "the desktop's size: {}x{}", last.0, last.1);
+    assert!(square_is(&last, 700, 100, SECOND), "the last frame shows the second colour\n{out}");
+    // PENSTOCK_TEST_ARTIFACTS=DIR keeps the frames for a person to look at.
+    if let Some(keep) = std::env::var_os("PENSTOCK_TEST_ARTIFACTS") {
+        let keep = PathBuf::from(keep).join("rdp-replay-frames");
+        std::fs::create_dir_all(&keep).expect("artifacts dir");
+        for p in &pngs {
+            std::fs::copy(p, keep.join(p.file_name().expect("name"))).expect("copy frame");
+        }
+    }
+    let first_seen = pngs.iter().any(|p| square_is(&read_png(p), 700, 100, FIRST));
+    assert!(first_seen, "a frame shows the first colour: {pngs:?}\n{out}");
+
+    // Video.
+    let video = lab.i.scratch().join("session.mp4");
+    let out = lab.i.ok(&["replay", &id, "--video", video.to_str().expect("utf-8")]);
+    assert!(out.contains("video written"), "{out}");
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type,width", "-of", "csv=p=0"])
+        .arg(&video)
+        .output()
+        .expect("ffprobe");
+    let probed = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(probed.contains("video"), "ffprobe: {probed} {}", String::from_utf8_lossy(&probe.stderr));
+
+    // Key log.
+    let keys = lab.i.ok(&["replay", &id, "--keys"]);
+    assert!(keys.lines().any(|l| l.contains("keys") && l.contains("zebra42 Hello!")), "{keys}");
+    assert!(keys.lines().any(|l| l.contains("click") && l.contains("left")), "{keys}");
+
+    // Search finds the typed word in this session.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = lab.i.ok(&["recordings", "search", "zebra42", "--json"]);
+        if found.contains(&id) {
+            break;
+        }
+        assert!(Instant::now() < end, "search did not find the typed word: {found}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Secrets: the recording holds neither the grant credential nor the vaulted password.
+    let bytes = std::fs::read(&path).expect("recording");
+    let (_, records) = penstock::recording::frames::read(&bytes[..]).expect("frames");
+    assert!(records.iter().any(|r| r.kind == b'I'), "input is recorded");
+    assert!(records.iter().any(|r| r.kind == b'N'), "the Client Info note is recorded");
+    let utf16: Vec<u8> = cred.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    assert!(!common::contains(&bytes, cred.as_bytes()), "the grant credential is in the recording");
+    assert!(!common::contains(&bytes, &utf16), "the grant credential (UTF-16) is in the recording");
+    lab.assert_vault_pw_nowhere();
+}
+
+const CLIP_POLICY: &str = r#"
+[policy]
+name = "hmi-clip"
+
+[match]
+targets = ["hmi-clip"]
+
+[request]
+roles = ["vendor"]
+
+[approval]
+approver_roles = ["manager"]
+required = 1
+
+[limits]
+max_duration = "4h"
+
+[channels]
+rdp_clipboard = true
+"#;
+
+/// The target's stream of a recording as whole PDUs: the channel ids its MCS Connect Response
+/// gave (one per static channel it was asked for, in order), and how many Send Data
+/// Indications it sent on each channel id.
+fn target_channels(
+    records: &[penstock::recording::frames::Record],
+) -> (Vec<u16>, std::collections::HashMap<u16, usize>) {
+    use ironrdp_pdu::mcs::McsMessage;
+    use ironrdp_pdu::x224::{X224Data, X224};
+    let stream: Vec<u8> = records.iter().filter(|r| r.kind == b'S').flat_map(|r| r.data.iter().copied()).collect();
+    let mut rest = &stream[..];
+    let mut ids = Vec::new();
+    let mut per_channel = std::collections::HashMap::new();
+    while let Ok(Some(info)) = ironrdp_pdu::find_size(rest) {
+        if info.length == 0 || rest.len() < info.length {
+            break;
+        }
+        let (pdu, tail) = rest.split_at(info.length);
+        rest = tail;
+        if info.action != ironrdp_pdu::Action::X224 {
+            continue;
+        }
+        if ids.is_empty() {
+            if let Ok(X224(frame)) = ironrdp_core::decode::<X224<X224Data<'_>>>(pdu) {
+                if let Ok(resp) = ironrdp_core::decode::<ironrdp_pdu::mcs::ConnectResponse>(frame.data.as_ref()) {
+                    ids = resp.conference_create_response.gcc_blocks().network.channel_ids.clone();
+                    continue;
+                }
+            }
+        }
+        if let Ok(X224(McsMessage::SendDataIndication(ind))) = ironrdp_core::decode::<X224<McsMessage<'_>>>(pdu) {
+            *per_channel.entry(ind.channel_id).or_insert(0) += 1;
+        }
+    }
+    (ids, per_channel)
+}
+
+/// The static channels the shadow server logged as accepted ("Accepted channels:" lines), over
+/// all its connections so far.
+fn shadow_channels(shadow: &Shadow) -> Vec<String> {
+    // WLog writes to standard output or standard error depending on the build: read both.
+    let log = std::fs::read_to_string(&shadow.log).unwrap_or_default()
+        + &std::fs::read_to_string(shadow.log.with_extension("err")).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut in_list = false;
+    for line in log.lines() {
+        if line.contains("Accepted channels:") {
+            in_list = true;
+            continue;
+        }
+        match line.split_once("[com.freerdp.core.connection] -  ") {
+            Some((_, name)) if in_list => out.push(name.trim().to_string()),
+            _ => in_list = false,
+        }
+    }
+    out
+}
+
+/// One session with `+clipboard` on `target`: the recording's header, and the channels the
+/// target accepted for it (from its log).
+fn clipboard_session(lab: &Lab, target: &str) -> (serde_json::Value, Vec<String>) {
+    let before = shadow_channels(&lab.shadow).len();
+    let (_, cred) = lab.grant_on("alice", target);
+    let (mut client, id, _) = start_session_with(lab, target, &cred, &["+clipboard"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(client.0.try_wait().expect("try_wait").is_none(), "the session stays up\n{}", lab.gw.log_text());
+    let s = kill_and_wait(lab, &id);
+    let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
+    let bytes = std::fs::read(s["recording_path"].as_str().expect("recorded")).expect("recording");
+    let (header, records) = penstock::recording::frames::read(&bytes[..]).expect("frames");
+    let (ids, _) = target_channels(&records);
+    let names = header["channels"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(ids.len(), names, "the target numbered every channel asked for: {header} {ids:?}");
+    let accepted = shadow_channels(&lab.shadow)[before..].to_vec();
+    (header, accepted)
+}
+
+/// Clipboard (and drive) redirection is off unless the target's policy allows it: with the
+/// default policy the target (freerdp-shadow, which logs the channels it accepts) gets no
+/// `cliprdr` and no `rdpdr` channel, only placeholders, and the recording header and the
+/// gateway's log name them refused; with `[channels] rdp_clipboard = true` the target accepts
+/// `cliprdr` (and still no `rdpdr`).
+#[test]
+fn rdp_clipboard_channel_only_where_policy_allows() {
+    let lab = Lab::with(None, &[("00-clip.toml", CLIP_POLICY)], &[]);
+    lab.i.ok_stdin(
+        &[
+            "target",
+            "add",
+            "hmi-clip",
+            "--protocol",
+            "rdp",
+            "--address",
+            &format!("127.0.0.1:{}", lab.shadow.port),
+            "--login",
+            LOGIN,
+            "--password-stdin",
+            "--cert-sha256",
+            &lab.shadow.thumbprint(),
+        ],
+        format!("{VAULT_PW}\n").as_bytes(),
+    );
+    let refused = |h: &serde_json::Value| -> Vec<String> {
+        h["channels_refused"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).map(str::to_string).collect()
+    };
+
+    let (off, off_seen) = clipboard_session(&lab, TARGET);
+    assert!(!off_seen.is_empty(), "the target logged its channels");
+    assert!(refused(&off).contains(&"cliprdr".to_string()) && refused(&off).contains(&"rdpdr".to_string()), "{off}");
+    assert!(
+        !off_seen.iter().any(|c| c == "cliprdr" || c == "rdpdr"),
+        "the target got no clipboard or drive channel: {off_seen:?}"
+    );
+    assert!(off_seen.iter().any(|c| c.starts_with("_pstk")), "{off_seen:?}");
+    assert!(lab.gw.log_text().contains("left out by policy"), "{}", lab.gw.log_text());
+
+    let (on, on_seen) = clipboard_session(&lab, "hmi-clip");
+    assert!(!refused(&on).contains(&"cliprdr".to_string()), "{on}");
+    assert!(
+        on_seen.iter().any(|c| c == "cliprdr"),
+        "the target got the clipboard where the policy allows it: {on_seen:?}"
+    );
+    assert!(!on_seen.iter().any(|c| c == "rdpdr"), "drives stay off: {on_seen:?}");
+}
+
+/// A webhook receiver on loopback: its port and the bodies it got.
+fn hook_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = bodies.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then the body by Content-Length.
+            loop {
+                match c.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(pos) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= pos + 4 + len {
+                        b.lock().expect("lock").push(text[pos + 4..].to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, bodies)
+}
+
+/// An RDP session's start, its 10-minute ending notice (a grant of 9 minutes 50 seconds) and
+/// its end go out as webhooks.
+#[test]
+fn rdp_session_events_and_ending_notice_reach_the_webhook() {
+    let (port, bodies) = hook_server();
+    let hooks = format!("[\"http://127.0.0.1:{port}/hook\"]");
+    let lab = Lab::with(None, &[], &[("PENSTOCK_NOTIFICATIONS_WEBHOOKS", hooks.as_str())]);
+    let (_, cred) = lab.grant_for("alice", TARGET, 590);
+    let (mut client, id, _) = start_session_with(&lab, TARGET, &cred, &[]);
+    let seen = |kind: &str, needle: &str| {
+        bodies.lock().expect("lock").iter().any(|b| b.contains(kind) && b.contains(needle) && b.contains(id.as_str()))
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while !(seen("session.started", "rdp") && seen("session.ending", "ends in 10 minutes")) {
+        assert!(Instant::now() < end, "webhooks: {:?}\n{}", bodies.lock().expect("lock"), lab.gw.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill_and_wait(&lab, &id);
+    let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
+    let end = Instant::now() + Duration::from_secs(10);
+    while !seen("session.ended", "killed") {
+        assert!(Instant::now() < end, "webhooks: {:?}", bodies.lock().expect("lock"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A process's resident memory (KiB) and CPU time (clock ticks) from /proc.
+fn proc_stats(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (rss, cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// The RDP figures of docs/PERFORMANCE.md (run alone:
+/// `cargo test --release --test rdp rdp_bench -- --ignored --nocapture`): NLA login time direct
+/// and through the gateway (both legs), the gateway's CPU per MB relayed and recorded, and its
+/// memory per live session.
+#[test]
+#[ignore]
+fn rdp_bench() {
+    let lab = Lab::new(None);
+    let (_, cred) = lab.grant("alice");
+    let runs = 7;
+    let time = |c: &mut Command| {
+        let t = Instant::now();
+        let mut child = die_with_parent(c.stdout(Stdio::null()).stderr(Stdio::null())).spawn().expect("xfreerdp");
+        let st = wait_timeout(&mut child, Duration::from_secs(20));
+        assert!(st.is_some_and(|s| s.success()), "login failed");
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let direct: Vec<f64> =
+        (0..runs).map(|_| time(&mut lab.xfreerdp_to(lab.shadow.port, LOGIN, VAULT_PW, &["+auth-only"]))).collect();
+    let via: Vec<f64> =
+        (0..runs).map(|_| time(&mut lab.xfreerdp(&format!("alice@{TARGET}"), &cred, &["+auth-only"]))).collect();
+    println!(
+        "NLA login (xfreerdp +auth-only), median of {runs}: direct {:.0} ms, through the gateway {:.0} ms",
+        median(direct),
+        median(via)
+    );
+
+    let pid = lab.gw.pid();
+    let (rss0, cpu0) = proc_stats(pid);
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (c, id, _) = start_session_with(&lab, TARGET, &cred, &["/size:1024x768"]);
+        sessions.push((c, id));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Drive traffic: the target's desktop changes colour every 100 ms for 10 s.
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_secs(10) {
+        let colour = format!("#{:02x}{:02x}{:02x}", (n * 37) % 256, (n * 91) % 256, (n * 13) % 256);
+        x_tool(&lab.shadow.display, "xsetroot", &["-solid", &colour]);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rss1, cpu1) = proc_stats(pid);
+    let mut down = 0i64;
+    let mut live = 0;
+    for (mut c, id) in sessions {
+        live += usize::from(c.0.try_wait().ok().flatten().is_none());
+        let _ = lab.i.run(&["session", "kill", &id]);
+        let end = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            let s = lab.sessions().into_iter().find(|s| s["id"] == id.as_str()).expect("session row");
+            if !s["ended_at"].is_null() || Instant::now() > end {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        down += s["bytes_down"].as_i64().unwrap_or(0);
+        let _ = wait_timeout(&mut c.0, Duration::from_secs(5));
+    }
+    let ticks = 100.0; // CLK_TCK on Linux
+    let cpu_s = (cpu1 - cpu0) as f64 / ticks;
+    println!(
+        "3 sessions ({live} still up at the end), {n} full-screen changes: {:.1} MB relayed and recorded target→vendor, gateway CPU {:.2} s ({:.2} s/MB), memory +{} KiB ({} KiB per session)",
+        down as f64 / 1e6,
+        cpu_s,
+        cpu_s / (down as f64 / 1e6).max(0.001),
+        rss1.saturating_sub(rss0),
+        rss1.saturating_sub(rss0) / 3
+    );
+}
+
+/// A local account `LOGIN` with password `pw` on this machine (the TLS-only shadow server
+/// checks Client Info credentials through PAM).
+fn ensure_local_account(pw: &str) {
+    let exists = Command::new("id").arg(LOGIN).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !exists.is_ok_and(|s| s.success()) {
+        let st = Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", LOGIN]).status().expect("useradd");
+        assert!(st.success(), "useradd {LOGIN}");
+    }
+    let mut c = Command::new("chpasswd").stdin(Stdio::piped()).spawn().expect("chpasswd");
+    {
+        use std::io::Write;
+        let mut stdin = c.stdin.take().expect("stdin");
+        stdin.write_all(format!("{LOGIN}:{pw}\n").as_bytes()).expect("chpasswd input");
+    }
+    assert!(c.wait().expect("chpasswd").success(), "chpasswd");
+}
+
+/// Auto-logon to a target without NLA: a TLS-only shadow server that requires authentication
+/// (`+auth`, checked through PAM against a local account) gets the vaulted account in the Client
+/// Info PDU, and the vendor's session runs; a target whose vaulted password is wrong turns the
+/// session away, so the credentials really are the ones that log in. The vendor still logs in
+/// to the gateway with NLA and the grant credential.
+#[test]
+fn rdp_autologon_to_a_target_without_nla() {
+    common::sshd::require_root();
+    ensure_local_account(VAULT_PW);
+    let lab = Lab::new(None);
+    let tls = Shadow::start_with(&lab.i.scratch(), "tls-shadow", &["/sec:tls".to_string(), "+auth".to_string()]);
+    for (name, pw) in [("hmi-tls", VAULT_PW), ("hmi-tls-bad", "Not-The-Local-Password-1")] {
+        let out = lab.i.ok_stdin(
+            &[
+                "target",
+                "add",
+                name,
+                "--protocol",
+                "rdp",
+                "--address",
+                &format!("127.0.0.1:{}", tls.port),
+                "--login",
+                LOGIN,
+                "--password-stdin",
+                "--no-nla",
+                "--fetch-cert",
+            ],
+            format!("{pw}\n").as_bytes(),
+        );
+        assert!(out.contains(&tls.thumbprint()), "{out}");
+    }
+    let show = lab.i.ok(&["target", "show", "hmi-tls"]);
+    assert!(show.contains("auto-logon (Client Info), no NLA"), "{show}");
+
+    let (_, cred) = lab.grant_on("alice", "hmi-tls");
+    let (mut client, id, _) = start_session_with(&lab, "hmi-tls", &cred, &[]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        client.0.try_wait().expect("try_wait").is_none(),
+        "the auto-logon session stays up\ngateway:\n{}\ntarget:\n{}",
+        lab.gw.log_text(),
+        std::fs::read_to_string(&tls.log).unwrap_or_default()
+    );
+    let s = kill_and_wait(&lab, &id);
+    assert!(s["bytes_down"].as_i64().unwrap_or(0) > 2_000, "the target's screen went through: {s}");
+    let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
+
+    // The wrong vaulted password: the target turns the session away.
+    let (_, cred) = lab.grant_on("alice", "hmi-tls-bad");
+    let mut c = lab.xfreerdp("alice@hmi-tls-bad", &cred, &[]);
+    let mut child = die_with_parent(c.stdout(Stdio::null()).stderr(Stdio::null())).spawn().expect("xfreerdp");
+    let st = wait_timeout(&mut child, Duration::from_secs(15));
+    let _ = child.kill();
+    assert!(st.is_some(), "a wrong vaulted password gets no lasting session\n{}", lab.gw.log_text());
     lab.assert_vault_pw_nowhere();
 }

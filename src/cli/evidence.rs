@@ -27,8 +27,8 @@ pub struct ReplayArgs {
     /// Timestamped command lines (reconstructed from keystrokes), output and gateway notes.
     #[arg(long, conflicts_with = "at")]
     pub transcript: bool,
-    /// With --transcript: JSON lines.
-    #[arg(long, requires = "transcript")]
+    /// With --transcript or --keys: JSON lines.
+    #[arg(long)]
     pub json: bool,
     /// Playback speed.
     #[arg(long, default_value_t = 1.0)]
@@ -36,6 +36,20 @@ pub struct ReplayArgs {
     /// Longest pause between events during playback, in seconds.
     #[arg(long)]
     pub idle_limit: Option<f64>,
+    /// RDP sessions: write the decoded screen as PNG files into this folder (a frame every
+    /// --every seconds when the screen changed, and `last.png`).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["at", "transcript", "keys"])]
+    pub frames: Option<PathBuf>,
+    /// RDP sessions: write the decoded session as a video (through ffmpeg; the format follows
+    /// the file name, e.g. out.mp4).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["at", "transcript", "keys"])]
+    pub video: Option<PathBuf>,
+    /// With --frames or --video: seconds between frames.
+    #[arg(long, default_value_t = 1.0)]
+    pub every: f64,
+    /// RDP sessions: the vendor's keystrokes (typed text per line) and mouse clicks.
+    #[arg(long, conflicts_with_all = ["at", "transcript"])]
+    pub keys: bool,
 }
 
 /// `evidence …`
@@ -116,10 +130,10 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
         bail!("the recording of session {id} is no longer stored ({})", store.file_name(&loc));
     }
     if crate::recording::frames::is_frames(&loc) {
-        bail!(
-            "session {id} is an RDP session: its recording ({}) holds the target's RDP stream, which `replay` cannot decode yet",
-            store.file_name(&loc)
-        );
+        return tokio::task::block_in_place(|| replay_rdp(&id, storage::reader(&store, &loc)?, &a));
+    }
+    if a.frames.is_some() || a.video.is_some() || a.keys {
+        bail!("session {id} is an SSH session: --frames, --video and --keys are for RDP sessions (use --transcript)");
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -169,6 +183,56 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
     drop(out);
     let mut lock = stdout.lock();
     tokio::task::block_in_place(|| replay::player::play(open, &opts, &mut lock))
+}
+
+/// `replay` of an RDP session: frames, a video or the key log.
+fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result<()> {
+    use crate::replay::rdp;
+    if a.frames.is_none() && a.video.is_none() && !a.keys {
+        bail!("session {id} is an RDP session: replay it with --frames DIR, --video FILE or --keys");
+    }
+    let (header, records) = crate::recording::frames::read(r)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if a.keys {
+        for l in rdp::key_log(&records) {
+            if a.json {
+                serde_json::to_writer(&mut out, &l)?;
+                out.write_all(b"\n")?;
+            } else {
+                let text: String = l.text.chars().map(transcript::clean_char).collect();
+                writeln!(out, "{} {:<5} {}", transcript::fmt_offset(l.t), l.kind, text)?;
+            }
+        }
+        out.flush()?;
+        if let Some(n) = rdp::layout_note(&header) {
+            eprintln!("note: {n}");
+        }
+        return Ok(());
+    }
+    let mut sink = if let Some(dir) = &a.frames {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        rdp::Sink::Pngs(dir.clone())
+    } else if let Some(file) = &a.video {
+        rdp::start_ffmpeg(file, rdp::first_size(&header, &records))?
+    } else {
+        bail!("nothing to write");
+    };
+    let done = rdp::export(&header, &records, a.every, &mut sink)?;
+    match &sink {
+        rdp::Sink::Pngs(dir) => writeln!(out, "{} frames written to {}", done.files.len(), dir.display())?,
+        rdp::Sink::Video { out: file, .. } => writeln!(out, "video written to {}", file.display())?,
+    }
+    if done.undecoded > 0 {
+        writeln!(
+            out,
+            "{} updates could not be decoded (first: {})",
+            done.undecoded,
+            done.problem.as_deref().unwrap_or("?")
+        )?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 pub(crate) async fn evidence_cmd(config: &Path, cmd: EvidenceCmd) -> anyhow::Result<()> {

@@ -103,6 +103,10 @@ struct ChannelsSpec {
     sftp: bool,
     #[serde(default)]
     forward: Vec<Spanned<String>>,
+    #[serde(default)]
+    rdp_clipboard: bool,
+    #[serde(default)]
+    rdp_drive: bool,
 }
 
 fn yes() -> bool {
@@ -111,7 +115,7 @@ fn yes() -> bool {
 
 impl Default for ChannelsSpec {
     fn default() -> Self {
-        Self { shell: true, exec: true, sftp: true, forward: Vec::new() }
+        Self { shell: true, exec: true, sftp: true, forward: Vec::new(), rdp_clipboard: false, rdp_drive: false }
     }
 }
 
@@ -146,11 +150,16 @@ pub struct Channels {
     pub sftp: bool,
     /// `host:port` destinations for `ssh -L`.
     pub forward: Vec<String>,
+    /// RDP clipboard redirection (the `cliprdr` static channel).
+    pub rdp_clipboard: bool,
+    /// RDP device redirection: drives, and with them printers, ports and smart cards (they
+    /// share the `rdpdr` static channel).
+    pub rdp_drive: bool,
 }
 
 impl Default for Channels {
     fn default() -> Self {
-        Channels { shell: true, exec: true, sftp: true, forward: Vec::new() }
+        Channels { shell: true, exec: true, sftp: true, forward: Vec::new(), rdp_clipboard: false, rdp_drive: false }
     }
 }
 
@@ -311,7 +320,14 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Policy> {
         max_duration,
         idle_timeout,
         windows,
-        channels: Channels { shell: f.channels.shell, exec: f.channels.exec, sftp: f.channels.sftp, forward },
+        channels: Channels {
+            shell: f.channels.shell,
+            exec: f.channels.exec,
+            sftp: f.channels.sftp,
+            forward,
+            rdp_clipboard: f.channels.rdp_clipboard,
+            rdp_drive: f.channels.rdp_drive,
+        },
         rotation,
     })
 }

@@ -11,9 +11,11 @@
 //! | `credssp` | CredSSP server (grant credential) and client (vaulted account) |
 //! | `target` | the target leg, and `--fetch-cert` |
 //! | `relay` | the Connect Initial rewrite and the bounded byte relay |
+//! | `input` | what of the vendor's stream is recorded (input; Client Info settings) |
 //! | `recording` | the recording header (what a decoder needs) |
 
 pub mod credssp;
+pub mod input;
 pub mod nego;
 pub mod recording;
 pub mod relay;

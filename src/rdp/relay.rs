@@ -8,14 +8,16 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
-use ironrdp_pdu::gcc::{ClientEarlyCapabilityFlags, ConferenceCreateRequest};
+use ironrdp_pdu::gcc::{ChannelName, ClientEarlyCapabilityFlags, ConferenceCreateRequest};
 use ironrdp_pdu::mcs::ConnectInitial;
 use ironrdp_pdu::nego::SecurityProtocol;
 use ironrdp_pdu::x224::{X224Data, X224};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::input::{rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_INFO, CLIENT_INPUT, MAX_HOLD};
 use super::RdpError;
+use crate::policy::Channels;
 use crate::recording::frames::{FrameRecorder, SERVER_TO_CLIENT};
 use crate::sessions::EndReason;
 
@@ -23,7 +25,7 @@ use crate::sessions::EndReason;
 pub const CHUNK: usize = 64 * 1024;
 
 /// What the recording header needs from the vendor's Connect Initial.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientSettings {
     /// Desktop width.
     pub width: u16,
@@ -31,13 +33,31 @@ pub struct ClientSettings {
     pub height: u16,
     /// Keyboard layout (for reading scancodes later).
     pub keyboard_layout: u32,
+    /// Static virtual channels as the target was asked for them, in the order it numbers them
+    /// (refused ones under their placeholder name).
+    pub channels: Vec<String>,
+    /// Static virtual channels the policy refused.
+    pub refused: Vec<String>,
+}
+
+/// Whether the policy's channel rules let a static virtual channel through: clipboard
+/// (`cliprdr`) and device redirection (`rdpdr`: drives, printers, ports, smart cards) only when
+/// allowed; the others (sound, dynamic channels, remote apps) always.
+pub fn channel_allowed(name: &str, rules: &Channels) -> bool {
+    match name.to_ascii_lowercase().as_str() {
+        "cliprdr" => rules.rdp_clipboard,
+        "rdpdr" => rules.rdp_drive,
+        _ => true,
+    }
 }
 
 /// Rewrites the X.224 frame holding the vendor's MCS Connect Initial: `serverSelectedProtocol`
-/// becomes what the target selected, and the GFX pipeline flag is cleared.
+/// becomes what the target selected, the GFX pipeline flag is cleared, and the static channels
+/// the policy does not allow are renamed so that the target never opens them.
 pub fn rewrite_connect_initial(
     frame: &[u8],
     selected: SecurityProtocol,
+    rules: &Channels,
 ) -> Result<(Vec<u8>, ClientSettings), RdpError> {
     let bad = |e: &dyn std::fmt::Display| RdpError::Protocol(format!("MCS Connect Initial: {e}"));
     let outer = ironrdp_core::decode::<X224<X224Data<'_>>>(frame).map_err(|e| bad(&e))?.0;
@@ -47,15 +67,59 @@ pub fn rewrite_connect_initial(
     if let Some(flags) = blocks.core.optional_data.early_capability_flags.as_mut() {
         flags.remove(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL);
     }
+    // A refused channel keeps its place under a name no target serves (`_pstkN`): the client
+    // gets as many channel ids as it asked for (xfreerdp drops the connection otherwise), and
+    // the target never opens clipboard or device redirection on it. Both protocols are started
+    // by the server (Monitor Ready, Server Announce), so the client's side stays idle.
+    let mut channels = Vec::new();
+    let mut refused = Vec::new();
+    if let Some(net) = blocks.network.as_mut() {
+        for (i, c) in net.channels.iter_mut().enumerate() {
+            let name = c.name.as_str().unwrap_or("?").to_string();
+            if channel_allowed(&name, rules) {
+                channels.push(name);
+            } else {
+                let placeholder = format!("_pstk{}", i % 10);
+                c.name = ChannelName::from_utf8(&placeholder).ok_or_else(|| bad(&"channel name"))?;
+                channels.push(placeholder);
+                refused.push(name);
+            }
+        }
+    }
     let settings = ClientSettings {
         width: blocks.core.desktop_width,
         height: blocks.core.desktop_height,
         keyboard_layout: blocks.core.keyboard_layout,
+        channels,
+        refused,
     };
     ci.conference_create_request = ConferenceCreateRequest::new(blocks).map_err(|e| bad(&e))?;
     let inner = ironrdp_core::encode_vec(&ci).map_err(|e| bad(&e))?;
     let out = ironrdp_core::encode_vec(&X224(X224Data { data: Cow::Owned(inner) })).map_err(|e| bad(&e))?;
     Ok((out, settings))
+}
+
+/// Records what the key log and the decoder need from bytes the vendor sent (after they were
+/// forwarded: input is recorded as the target received it).
+async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u8]) -> std::io::Result<()> {
+    let was_broken = tap.broken;
+    for c in tap.feed(bytes) {
+        let (kind, data) = match c {
+            Classified::Input(b) => (CLIENT_INPUT, Bytes::from(b)),
+            Classified::Info(note) => (CLIENT_INFO, Bytes::from(note.into_bytes())),
+            Classified::Other => continue,
+        };
+        recorder.record(kind, data).await.map_err(std::io::Error::other)?;
+    }
+    if tap.broken && !was_broken {
+        tracing::warn!("the vendor's RDP stream could not be split into PDUs: its input is not recorded from here on");
+        let note = serde_json::json!({ "error": "the client stream could not be split into PDUs; input not recorded from here" });
+        recorder
+            .record(CLIENT_INFO, Bytes::from(note.to_string().into_bytes()))
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(())
 }
 
 /// Byte counts and why the relay ended.
@@ -79,6 +143,7 @@ pub async fn run<V, T>(
     target_leftover: BytesMut,
     recorder: &FrameRecorder,
     mut stop: watch::Receiver<Option<EndReason>>,
+    autologon: Option<AutoLogon>,
 ) -> Outcome
 where
     V: AsyncRead + AsyncWrite + Unpin,
@@ -90,19 +155,44 @@ where
     let mut up = 0u64;
     let mut down = 0u64;
     let upward = async {
-        if !vendor_leftover.is_empty() {
-            tw.write_all(&vendor_leftover).await?;
-            up += vendor_leftover.len() as u64;
-        }
+        let mut tap = ClientTap::default();
+        // Auto-logon: the vendor's stream is held back PDU by PDU until its Client Info PDU,
+        // which goes on with the vaulted account instead of the vendor's credentials.
+        let mut logon = autologon;
+        let mut hold: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; CHUNK];
+        let mut first = Some(vendor_leftover);
         loop {
-            let n = vr.read(&mut buf).await?;
-            if n == 0 {
-                let _ = tw.shutdown().await;
-                return Ok::<_, std::io::Error>(());
+            match first.take() {
+                Some(l) if l.is_empty() => continue,
+                Some(l) => hold.extend_from_slice(&l),
+                None => {
+                    let n = vr.read(&mut buf).await?;
+                    if n == 0 {
+                        let _ = tw.shutdown().await;
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    hold.extend_from_slice(&buf[..n]);
+                }
             }
-            tw.write_all(&buf[..n]).await?;
-            up += n as u64;
+            let out: Vec<u8> = match logon.as_ref() {
+                None => std::mem::take(&mut hold),
+                Some(l) => {
+                    let (ready, done) = rewrite_client_info(&mut hold, l).map_err(std::io::Error::other)?;
+                    if done {
+                        logon = None;
+                    } else if hold.len() > MAX_HOLD {
+                        return Err(std::io::Error::other("no Client Info PDU from the vendor"));
+                    }
+                    ready
+                }
+            };
+            if out.is_empty() {
+                continue;
+            }
+            tw.write_all(&out).await?;
+            up += out.len() as u64;
+            record_client(recorder, &mut tap, &out).await?;
         }
     };
     let downward = async {

@@ -183,6 +183,9 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         }
     };
     let leg = target::connect(app, &target, requested, &credential).await;
+    // NLA targets got the credential in CredSSP; others get it in the Client Info PDU.
+    let autologon = (!target.rdp_nla)
+        .then(|| super::input::AutoLogon { login: target.login.clone(), password: credential.clone() });
     drop(credential);
     let mut leg = match leg {
         Ok(l) => l,
@@ -208,7 +211,11 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         credssp::early_user_auth(&mut vendor, true).await?;
     }
     let (_, frame) = vendor.read_pdu().await.map_err(|e| RdpError::Protocol(format!("MCS: {e}")))?;
-    let (rewritten, settings) = relay::rewrite_connect_initial(&frame, leg.selected)?;
+    let rules = app.policies.current().for_target(&target).map(|p| p.channels.clone()).unwrap_or_default();
+    let (rewritten, settings) = relay::rewrite_connect_initial(&frame, leg.selected, &rules)?;
+    if !settings.refused.is_empty() {
+        tracing::info!(user = %who.principal.name, target = %target.name, refused = ?settings.refused, "RDP channels left out by policy");
+    }
 
     // Nothing reaches the target past the handshake before the recording and the session row
     // exist (fail closed).
@@ -241,13 +248,33 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         let e = RdpError::Internal(format!("cannot store the session: {e}"));
         return Err(refuse(app, &mut vendor, false, &who, peer, e).await);
     }
-    let (stop, _notices) = shared.registry.add(&id, grant.valid_until);
+    let (stop, mut notices) = shared.registry.add(&id, grant.valid_until);
     tracing::info!(session = %id, user = %who.principal.name, target = %target.name, "RDP session started");
+    app.notifier.send(
+        "session.started",
+        format!("Penstock: {} started an RDP session on {} (session {id}).", who.principal.name, target.name),
+        serde_json::json!({ "session": id, "user": who.principal.name, "target": target.name, "client": peer_s, "protocol": "rdp" }),
+    );
+    // Ending-soon notices (10 and 1 minute before the grant ends) go out as webhooks; the
+    // task ends when the session leaves the registry.
+    let notice_task = {
+        let (app, id, user, tgt) = (app.clone(), id.clone(), who.principal.name.clone(), target.name.clone());
+        tokio::spawn(async move {
+            while let Some(text) = notices.recv().await {
+                tracing::info!(session = %id, notice = %text, "RDP session ending soon");
+                app.notifier.send(
+                    "session.ending",
+                    format!("Penstock: RDP session {id} of {user} on {tgt}: {text}."),
+                    serde_json::json!({ "session": id, "user": user, "target": tgt, "notice": text, "protocol": "rdp" }),
+                );
+            }
+        })
+    };
     let outcome = match leg.framed.write_all(&rewritten).await {
         Ok(()) => {
             let (vendor_stream, vendor_left) = vendor.into_inner();
             let (target_stream, target_left) = leg.framed.into_inner();
-            relay::run(vendor_stream, vendor_left, target_stream, target_left, &recorder, stop).await
+            relay::run(vendor_stream, vendor_left, target_stream, target_left, &recorder, stop, autologon).await
         }
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "cannot write to the RDP target");
@@ -255,6 +282,7 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         }
     };
     shared.registry.remove(&id);
+    notice_task.abort();
     let (reason, sha) = match recorder.finish().await {
         Ok(h) => (outcome.reason, Some(h)),
         Err(e) => {
@@ -272,6 +300,11 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
     if let Err(e) = sessions::end(app, &id, &who.principal.name, &end).await {
         tracing::error!(session = %id, error = %e, "cannot store the RDP session's end");
     }
+    app.notifier.send(
+        "session.ended",
+        format!("Penstock: RDP session {id} of {} on {} ended ({}).", who.principal.name, target.name, reason.as_str()),
+        serde_json::json!({ "session": id, "user": who.principal.name, "target": target.name, "reason": reason.as_str(), "bytes_up": outcome.up, "bytes_down": outcome.down, "protocol": "rdp" }),
+    );
     tracing::info!(session = %id, reason = reason.as_str(), "RDP session ended");
     Ok(())
 }

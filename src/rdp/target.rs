@@ -53,12 +53,19 @@ pub async fn connect(
         let stream =
             tcp(&target.host, target.port, Duration::from_secs(app.config.upstream.connect_timeout_secs)).await?;
         let mut framed = TokioFramed::new(stream);
-        let offer = requested & (SecurityProtocol::SSL | SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX);
+        // A target without NLA is offered TLS only (never Standard RDP Security): the vaulted
+        // account goes in the Client Info PDU, inside TLS checked against the pin.
+        let offer = if target.rdp_nla {
+            requested & (SecurityProtocol::SSL | SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX)
+        } else {
+            SecurityProtocol::SSL
+        };
         let selected = nego::request_target(&mut framed, offer).await?;
         if !target.rdp_nla {
-            return Err(RdpError::Target("targets without NLA (auto-logon) are not supported yet".into()));
-        }
-        if !selected.intersects(SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX) {
+            if selected != SecurityProtocol::SSL {
+                return Err(RdpError::Target(format!("the target did not select TLS (selected {selected:?})")));
+            }
+        } else if !selected.intersects(SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX) {
             return Err(RdpError::Target(format!("the target did not select NLA (selected {selected:?})")));
         }
         let stream = framed.into_inner_no_leftover();
@@ -76,7 +83,9 @@ pub async fn connect(
             .ok_or_else(|| RdpError::Target("the target presented no certificate".into()))?;
         let public_key = tls::public_key(cert.as_ref()).map_err(|e| RdpError::Target(e.to_string()))?;
         let mut framed = TokioFramed::new(tls);
-        credssp::login_target(&mut framed, &target.login, credential, selected, &target.host, public_key).await?;
+        if target.rdp_nla {
+            credssp::login_target(&mut framed, &target.login, credential, selected, &target.host, public_key).await?;
+        }
         Ok(TargetLeg { framed, selected })
     };
     match tokio::time::timeout(limit, fut).await {

@@ -10,6 +10,7 @@
 
 pub mod cast;
 pub mod player;
+pub mod rdp;
 pub mod transcript;
 
 use std::io::BufRead;

@@ -83,6 +83,9 @@ pub async fn index_session(
     locator: &str,
     live: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<usize> {
+    if crate::recording::frames::is_frames(locator) {
+        return index_rdp(app, session, locator).await;
+    }
     let store = storage::for_app(app);
     let loc = locator.to_string();
     let following = live.is_some();
@@ -161,6 +164,38 @@ pub async fn index_session(
     }
     total += write_lines(app, session, held).await?;
     reader.await.context("indexer panicked")??;
+    sqlx::query("UPDATE recording_index SET state = 'done', lines = $1, at = $2 WHERE session_id = $3")
+        .bind(total as i64)
+        .bind(app.clock.now())
+        .bind(session)
+        .execute(app.store.pool())
+        .await?;
+    Ok(total)
+}
+
+/// Indexes an ended RDP session: the lines of its key log (what the vendor typed) as input.
+async fn index_rdp(app: &App, session: &str, locator: &str) -> anyhow::Result<usize> {
+    let store = storage::for_app(app);
+    let loc = locator.to_string();
+    let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<IndexedLine>> {
+        let raw = store.open(&loc).with_context(|| format!("cannot read recording {loc}"))?;
+        let (_, records) = crate::recording::frames::read(raw)?;
+        Ok(crate::replay::rdp::key_log(&records)
+            .into_iter()
+            .filter(|l| l.kind == "keys")
+            .take(MAX_LINES)
+            .map(|l| (l.t, Kind::Input, l.text))
+            .collect())
+    })
+    .await
+    .context("indexer panicked")??;
+    sqlx::query("DELETE FROM recording_text WHERE session_id = $1").bind(session).execute(app.store.pool()).await?;
+    let mut total = 0;
+    let mut it = lines.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<IndexedLine> = it.by_ref().take(TX_ROWS).collect();
+        total += write_lines(app, session, chunk).await?;
+    }
     sqlx::query("UPDATE recording_index SET state = 'done', lines = $1, at = $2 WHERE session_id = $3")
         .bind(total as i64)
         .bind(app.clock.now())
@@ -250,7 +285,7 @@ async fn release_stale(app: &App) -> anyhow::Result<usize> {
 /// Ended, recorded sessions not indexed yet (at most `limit`).
 async fn pending(app: &App, limit: i64) -> anyhow::Result<Vec<(String, String)>> {
     let rows = sqlx::query(
-        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NOT NULL AND s.recording_path IS NOT NULL AND s.protocol = 'ssh' \
+        "SELECT s.id, s.recording_path FROM sessions s WHERE s.ended_at IS NOT NULL AND s.recording_path IS NOT NULL AND s.protocol IN ('ssh', 'rdp') \
          AND s.recording_sha256 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM recording_index i WHERE i.session_id = s.id) \
          ORDER BY s.ended_at LIMIT $1",
     )

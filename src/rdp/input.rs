@@ -1,0 +1,204 @@
+//! What the vendor sends, as the recording keeps it: the relay hands every chunk it forwards to a
+//! [`ClientTap`], which splits the stream into PDUs (bounded buffer) and keeps only what a key
+//! log and a decoder need:
+//! - input (fast-path input PDUs, slow-path Input PDUs): recorded as they are ([`CLIENT_INPUT`]);
+//! - the Client Info PDU: never recorded (it may carry the vendor's password), only a JSON
+//!   note of its compression settings, which the replay's bulk decompressor needs
+//!   ([`CLIENT_INFO`]).
+//!
+//! Everything else the client sends (capabilities, channel data, acknowledgements) is forwarded
+//! and not recorded.
+
+use ironrdp_pdu::mcs::McsMessage;
+use ironrdp_pdu::rdp::client_info::ClientInfoFlags;
+use ironrdp_pdu::rdp::headers::{BasicSecurityHeaderFlags, ShareControlHeader, ShareControlPdu, ShareDataPdu};
+use ironrdp_pdu::rdp::ClientInfoPdu;
+use ironrdp_pdu::x224::X224;
+use ironrdp_pdu::Action;
+
+/// Record kind: a client input PDU (fast-path, or an X.224 frame holding a slow-path Input PDU).
+pub const CLIENT_INPUT: u8 = b'I';
+/// Record kind: what the replay needs from the Client Info PDU (JSON, no credentials).
+pub const CLIENT_INFO: u8 = b'N';
+
+/// Largest PDU the tap buffers (a TPKT length is 16 bits; fast-path lengths 15).
+const MAX_PDU: usize = 64 * 1024;
+
+/// What one client PDU is, for the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// Input: record these bytes.
+    Input(Vec<u8>),
+    /// The Client Info PDU: record this note instead.
+    Info(String),
+    /// Not recorded.
+    Other,
+}
+
+/// Splits the vendor's stream into PDUs.
+#[derive(Debug, Default)]
+pub struct ClientTap {
+    buf: Vec<u8>,
+    /// The stream could not be split (garbage or an unsupported framing): nothing more is
+    /// classified (the relay goes on; the key log ends here, with a note).
+    pub broken: bool,
+}
+
+impl ClientTap {
+    /// Feeds bytes the vendor sent; returns what to record, in order.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Classified> {
+        let mut out = Vec::new();
+        if self.broken {
+            return out;
+        }
+        self.buf.extend_from_slice(bytes);
+        loop {
+            let info = match ironrdp_pdu::find_size(&self.buf) {
+                Ok(Some(i)) => i,
+                Ok(None) => break,
+                Err(_) => {
+                    self.broken = true;
+                    self.buf = Vec::new();
+                    break;
+                }
+            };
+            if info.length == 0 || info.length > MAX_PDU {
+                self.broken = true;
+                self.buf = Vec::new();
+                break;
+            }
+            if self.buf.len() < info.length {
+                break;
+            }
+            let pdu: Vec<u8> = self.buf.drain(..info.length).collect();
+            let c = classify(info.action, &pdu);
+            if c != Classified::Other {
+                out.push(c);
+            }
+        }
+        if self.buf.len() > MAX_PDU {
+            self.broken = true;
+            self.buf = Vec::new();
+        }
+        out
+    }
+}
+
+/// Classifies one whole client PDU.
+pub fn classify(action: Action, pdu: &[u8]) -> Classified {
+    match action {
+        Action::FastPath => Classified::Input(pdu.to_vec()),
+        Action::X224 => {
+            let Ok(X224(McsMessage::SendDataRequest(req))) = ironrdp_core::decode::<X224<McsMessage<'_>>>(pdu) else {
+                return Classified::Other;
+            };
+            let data: &[u8] = &req.user_data;
+            // A Basic Security Header with INFO_PKT: the Client Info PDU.
+            if data.len() >= 4 {
+                let flags = BasicSecurityHeaderFlags::from_bits_truncate(u16::from_le_bytes([data[0], data[1]]));
+                if flags.contains(BasicSecurityHeaderFlags::INFO_PKT) {
+                    return Classified::Info(info_note(data));
+                }
+            }
+            match ironrdp_core::decode::<ShareControlHeader>(data) {
+                Ok(h) => match h.share_control_pdu {
+                    ShareControlPdu::Data(d) if matches!(d.share_data_pdu, ShareDataPdu::Input(_)) => {
+                        Classified::Input(pdu.to_vec())
+                    }
+                    _ => Classified::Other,
+                },
+                Err(_) => Classified::Other,
+            }
+        }
+    }
+}
+
+/// The note kept of a Client Info PDU: its compression settings (never its credentials).
+fn info_note(data: &[u8]) -> String {
+    match ironrdp_core::decode::<ClientInfoPdu>(data) {
+        Ok(p) => {
+            let compression = p.client_info.flags.contains(ClientInfoFlags::COMPRESSION);
+            serde_json::json!({
+                "compression": compression,
+                "compression_type": p.client_info.compression_type as u8,
+            })
+            .to_string()
+        }
+        Err(e) => serde_json::json!({ "error": format!("undecodable Client Info: {e}") }).to_string(),
+    }
+}
+
+/// The vaulted account put into the Client Info PDU of a target without NLA (auto-logon).
+pub struct AutoLogon {
+    /// The target account.
+    pub login: String,
+    /// Its vaulted password.
+    pub password: crate::secret::Secret,
+}
+
+impl std::fmt::Debug for AutoLogon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoLogon").field("login", &self.login).finish_non_exhaustive()
+    }
+}
+
+/// Most bytes held back from the target while the vendor's Client Info PDU is awaited.
+pub const MAX_HOLD: usize = 256 * 1024;
+
+/// Takes the complete PDUs out of `hold` (the vendor's stream before its Client Info): returns
+/// the bytes to forward, with the Client Info PDU's credentials replaced by `logon`'s, and
+/// whether that happened (then `hold` is empty and everything after is forwarded as it is).
+pub fn rewrite_client_info(hold: &mut Vec<u8>, logon: &AutoLogon) -> Result<(Vec<u8>, bool), String> {
+    let mut out = Vec::new();
+    loop {
+        let info = match ironrdp_pdu::find_size(hold) {
+            Ok(Some(i)) if i.length > 0 && hold.len() >= i.length => i,
+            Ok(_) => return Ok((out, false)),
+            Err(e) => return Err(format!("the vendor's stream cannot be split into PDUs: {e}")),
+        };
+        let pdu: Vec<u8> = hold.drain(..info.length).collect();
+        if info.action == Action::X224 {
+            if let Some(new) = replace_credentials(&pdu, logon)? {
+                out.extend_from_slice(&new);
+                out.append(hold);
+                return Ok((out, true));
+            }
+        }
+        out.extend_from_slice(&pdu);
+    }
+}
+
+/// The Client Info PDU `pdu` with the vaulted account (and the auto-logon flag) instead of the
+/// vendor's credentials; `None` when `pdu` is not a Client Info PDU.
+fn replace_credentials(pdu: &[u8], logon: &AutoLogon) -> Result<Option<Vec<u8>>, String> {
+    let Ok(X224(McsMessage::SendDataRequest(req))) = ironrdp_core::decode::<X224<McsMessage<'_>>>(pdu) else {
+        return Ok(None);
+    };
+    let data: &[u8] = &req.user_data;
+    if data.len() < 4 {
+        return Ok(None);
+    }
+    let flags = BasicSecurityHeaderFlags::from_bits_truncate(u16::from_le_bytes([data[0], data[1]]));
+    if !flags.contains(BasicSecurityHeaderFlags::INFO_PKT) {
+        return Ok(None);
+    }
+    let mut info =
+        ironrdp_core::decode::<ClientInfoPdu>(data).map_err(|e| format!("the vendor's Client Info PDU: {e}"))?;
+    let password = logon.password.expose_str().ok_or("the vaulted password is not text")?.to_string();
+    info.client_info.credentials =
+        ironrdp_pdu::rdp::client_info::Credentials { username: logon.login.clone(), password, domain: None };
+    info.client_info.password_cookie = None;
+    info.client_info.flags |= ClientInfoFlags::AUTOLOGON;
+    let user_data =
+        zeroize::Zeroizing::new(ironrdp_core::encode_vec(&info).map_err(|e| format!("encode Client Info: {e}"))?);
+    // IronRDP's Credentials hold the password in a plain String; it is dropped here.
+    drop(info);
+    let new = ironrdp_pdu::mcs::SendDataRequest {
+        initiator_id: req.initiator_id,
+        channel_id: req.channel_id,
+        user_data: std::borrow::Cow::Borrowed(&user_data[..]),
+    };
+    let out = ironrdp_core::encode_vec(&X224(McsMessage::SendDataRequest(new)))
+        .map_err(|e| format!("encode Client Info: {e}"))?;
+    Ok(Some(out))
+}
