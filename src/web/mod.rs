@@ -4,6 +4,7 @@
 //! rules of its own beyond "which role may reach which route".
 
 mod api;
+mod live;
 mod pages;
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,7 +175,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
         ("strict-transport-security", "max-age=31536000"),
         (
             "content-security-policy",
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
@@ -190,6 +191,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 fn router(web: Web) -> Router {
     Router::new()
         .merge(pages::routes())
+        .merge(live::routes())
         .nest("/api/v1", api::routes())
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))
@@ -292,7 +294,8 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(peer = %peer, error = %e, "web connection ended with an error");
     }

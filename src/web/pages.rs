@@ -21,7 +21,7 @@ use crate::{console_sessions, sessions, targets, users};
 const STYLE: &str = include_str!("style.css");
 
 /// An error as a page: the login page for an unauthenticated caller, else a message.
-fn page_error(e: WebError) -> Response {
+pub(super) fn page_error(e: WebError) -> Response {
     if matches!(e, WebError::Unauthenticated) {
         return Redirect::to("/login").into_response();
     }
@@ -36,7 +36,7 @@ fn page_error(e: WebError) -> Response {
 }
 
 /// The frame of every page of a logged-in user.
-async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
+pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
     let mine = (!c.sees_all()).then_some(c.user.id);
     let pending = requests::list(&web.app, mine, true).await?.len();
     let csrf = c.session.as_ref().map(|s| s.csrf.as_str()).unwrap_or("");
@@ -461,6 +461,9 @@ async fn sessions_page(State(web): State<Web>, h: HeaderMap, Query(d): Query<Don
                 up = s.bytes_up,
                 down = s.bytes_down
             );
+            if crate::live::may_watch(&c.user) {
+                let _ = write!(body, " · <a href=\"/sessions/{id}/watch\">Watch {u}'s session</a>", id = esc(&s.id), u = esc(&s.user));
+            }
             if c.may_act() {
                 let _ = write!(
                     body,
