@@ -18,6 +18,7 @@
 
 pub mod postgres;
 pub mod sshd;
+pub mod live;
 pub mod web;
 
 use std::ffi::OsStr;

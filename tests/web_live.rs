@@ -1,0 +1,202 @@
+//! The live view (issue #10) against the real `penstock serve`, a real `sshd` target and real
+//! `ssh` clients: a manager watches a vendor's live `ssh -tt` session with `ssh … watch` and in
+//! a real headless Chromium (the vendor types a word, the word appears); who may open the watch
+//! page and its WebSocket (vendor, other vendor, manager, auditor, admin, nobody, another site);
+//! `session.watched` in the audit chain.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::live::{ws_status, Typist};
+use common::sshd::{Answers, Lab, Vendor};
+use common::web::{token, Auth, Live, Person, Web};
+use common::{stderr, stdout, Backend};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `ssh USER@gateway COMMAND` for a gateway user (no target), as a background process.
+fn gateway_command(lab: &Lab, p: &Person, command: &str) -> Live {
+    let mut c = lab.client_with("ssh", &Answers { password: p.v.password.clone(), code: p.fresh_code() }, None);
+    c.arg(format!("{}@127.0.0.1", p.name())).arg(command);
+    Live::spawn(&mut c)
+}
+
+/// A vendor with a grant and a live `ssh -tt` session (its shell prompt seen); its session id.
+fn live_vendor(lab: &Lab) -> (Vendor, Typist, String) {
+    let v = lab.vendor();
+    let mut typist = Typist::start(lab, &v);
+    typist.type_text("echo READY-$((40+2))\n");
+    assert!(typist.wait_text("READY-42", T), "vendor session did not start: {}", typist.text());
+    let id = lab.live_session(&v.name)["id"].as_str().expect("session id").to_string();
+    (v, typist, id)
+}
+
+backend_tests! {
+    fn ssh_watch_sees_typed_word;
+}
+
+fn ssh_watch_sees_typed_word(b: Backend) {
+    let lab = Lab::new(b);
+    let manager = Person::new(lab.user_with_role("manager"));
+    let other = Person::new(lab.user_with_role("vendor"));
+    let (v, mut typist, id) = live_vendor(&lab);
+
+    // A vendor may not watch (not even a session's own vendor through the gateway command).
+    let mut refused = gateway_command(&lab, &other, &format!("watch {id}"));
+    let st = refused.wait(T).expect("vendor's watch ends");
+    assert!(!st.success(), "a vendor could watch: {}", refused.text());
+    assert!(refused.text().contains("only managers and auditors may watch"), "{}", refused.text());
+
+    // The manager watches; the screen so far (the READY line) comes first.
+    let mut watch = gateway_command(&lab, &manager, &format!("watch {id}"));
+    assert!(watch.wait_text("[penstock] watching", T), "{}", watch.text());
+    assert!(watch.wait_text("READY-42", Duration::from_secs(10)), "current screen not shown: {}", watch.text());
+    typist.type_text("echo WATCHED-$((6*7))-WORD\n");
+    assert!(typist.wait_text("WATCHED-42-WORD", T), "{}", typist.text());
+    assert!(
+        watch.wait_text("WATCHED-42-WORD", Duration::from_secs(15)),
+        "the typed word did not reach the watching manager: {}",
+        watch.text()
+    );
+    // The session ends: so does the watch.
+    assert!(typist.exit(T), "vendor session: {}", typist.text());
+    let st = watch.wait(Duration::from_secs(20)).expect("watch ends with the session");
+    assert!(st.success(), "{}", watch.text());
+    assert!(watch.text().contains("the session ended"), "{}", watch.text());
+
+    // Watching a session that is not live is a clear error.
+    let mut late = gateway_command(&lab, &manager, &format!("watch {id}"));
+    assert!(late.wait(T).is_some_and(|s| !s.success()), "{}", late.text());
+    assert!(late.text().contains("is not live"), "{}", late.text());
+
+    let watched = lab.audit_events("session.watched");
+    assert_eq!(watched.len(), 1, "{watched:?}");
+    assert_eq!(watched[0]["actor"], manager.name());
+    assert_eq!(watched[0]["details"]["session"], id.as_str());
+    assert_eq!(watched[0]["details"]["via"], "ssh");
+    let _ = v;
+    lab.finish();
+}
+
+/// Page and WebSocket × role: only managers and auditors watch; no credentials, another site's
+/// page, a malformed id and a session that is not live are refused.
+#[test]
+fn live_view_roles() {
+    let lab = Lab::new(Backend::Sqlite);
+    let web = Web::new(&lab);
+    let (v, mut typist, id) = live_vendor(&lab);
+    let other = lab.user_with_role("vendor");
+    let names: Vec<String> = vec![
+        v.name.clone(),
+        other.name.clone(),
+        lab.user_with_role("manager").name,
+        lab.user_with_role("auditor").name,
+        lab.user_with_role("admin").name,
+    ];
+    let tokens: Vec<String> = names.iter().map(|n| token(&lab, n, "1h").1).collect();
+    let roles = ["vendor", "other vendor", "manager", "auditor", "admin"];
+    let page = format!("/sessions/{id}/watch");
+    let ws = format!("/sessions/{id}/watch/ws");
+    for (i, expect) in [403u16, 403, 200, 200, 403].into_iter().enumerate() {
+        let r = web.get(&page, Auth::Token(&tokens[i]));
+        assert_eq!(r.status, expect, "watch page as {}: {}", roles[i], r.body);
+        if expect == 200 {
+            assert!(r.body.contains("<script src=\"/static/live.js\">"), "{}", r.body);
+            assert!(r.body.contains("read-only"), "{}", r.body);
+        }
+        let status = ws_status(&web.base, &ws, Auth::Token(&tokens[i]), None);
+        let expect_ws = if expect == 200 { 101 } else { 403 };
+        assert_eq!(status, expect_ws, "watch WebSocket as {}", roles[i]);
+    }
+    // Nobody: the page sends to the login page, the WebSocket says 401.
+    let r = web.get(&page, Auth::None);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location").as_deref(), Some("/login"));
+    assert_eq!(ws_status(&web.base, &ws, Auth::None, None), 401);
+    assert_eq!(ws_status(&web.base, &ws, Auth::Token("pst_not-a-real-token-0000000000000000000000"), None), 401);
+    // Another site's page with the manager's credentials.
+    assert_eq!(ws_status(&web.base, &ws, Auth::Token(&tokens[2]), Some("https://evil.example")), 403);
+    let same = web.base.clone();
+    assert_eq!(ws_status(&web.base, &ws, Auth::Token(&tokens[2]), Some(&same)), 101);
+    // A malformed id; a live-looking id that is not live.
+    assert_eq!(ws_status(&web.base, "/sessions/nothex/watch/ws", Auth::Token(&tokens[2]), None), 400);
+    let unknown = "0123456789abcdef0123456789abcdef";
+    assert_eq!(ws_status(&web.base, &format!("/sessions/{unknown}/watch/ws"), Auth::Token(&tokens[2]), None), 404);
+    assert_eq!(web.get(&format!("/sessions/{unknown}/watch"), Auth::Token(&tokens[2])).status, 404);
+    // The sessions page links the live view for those who may watch only.
+    let list = web.get("/sessions", Auth::Token(&tokens[2]));
+    assert!(list.body.contains(&format!("href=\"/sessions/{id}/watch\"")), "{}", list.body);
+    let list = web.get("/sessions", Auth::Token(&tokens[0]));
+    assert!(!list.body.contains("/watch\""), "{}", list.body);
+    // The script is served from our origin under a CSP that allows only our scripts.
+    let js = web.get("/static/live.js", Auth::None);
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").is_some_and(|c| c.starts_with("text/javascript")));
+    let csp = r_csp(&web);
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    // Each successful upgrade (manager, auditor, same-origin manager) was audited.
+    let watched = lab.audit_events("session.watched");
+    assert_eq!(watched.len(), 3, "{watched:?}");
+    assert!(watched.iter().all(|e| e["details"]["via"] == "web" && e["details"]["session"] == id.as_str()));
+    assert!(typist.exit(T), "{}", typist.text());
+    lab.finish();
+}
+
+fn r_csp(web: &Web) -> String {
+    web.get("/login", Auth::None).header("content-security-policy").unwrap_or_default()
+}
+
+/// A manager opens the live view of a real `ssh -tt` session in a real headless Chromium; the
+/// vendor types a command; its output appears in the page; the end of the session is shown.
+#[test]
+fn browser_manager_watches_live_ssh() {
+    let lab = Lab::new(Backend::Sqlite);
+    let manager = Person::new(lab.user_with_role("manager"));
+    let (_v, mut typist, id) = live_vendor(&lab);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(dir.join("node_modules/playwright-core").is_dir(), "run `npm ci` in {} (scripts/test does)", dir.display());
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-live-browser");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let word = "BROWSER-42-LIVE";
+    let mut node = Command::new("node");
+    node.arg(dir.join("watch.mjs"))
+        .current_dir(&dir)
+        .env("PENSTOCK_URL", format!("https://127.0.0.1:{}/", lab.web_port()))
+        .env("PENSTOCK_USER", manager.name())
+        .env("PENSTOCK_PASSWORD", &manager.v.password)
+        .env("PENSTOCK_CODE", manager.code_ahead())
+        .env("PENSTOCK_SESSION", &id)
+        .env("PENSTOCK_WORD", word)
+        .env("PENSTOCK_SHOTS", &shots);
+    let mut browser = Live::spawn(&mut node);
+    assert!(
+        browser.wait_text("READY", Duration::from_secs(90)),
+        "live view did not open: {} (screenshots in {})",
+        browser.text(),
+        shots.display()
+    );
+    typist.type_text("echo BROWSER-$((6*7))-LIVE\n");
+    assert!(typist.wait_text(word, T), "{}", typist.text());
+    assert!(
+        browser.wait_text(&format!("seen {word}"), Duration::from_secs(60)),
+        "the word did not appear in the page: {} (screenshots in {})",
+        browser.text(),
+        shots.display()
+    );
+    assert!(typist.exit(T), "{}", typist.text());
+    let st = browser.wait(Duration::from_secs(60)).expect("browser script ends");
+    assert!(st.success() && browser.text().contains("ended"), "{} (screenshots in {})", browser.text(), shots.display());
+    for f in ["1-live.png", "2-word.png", "3-ended.png"] {
+        let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "screenshot {f} missing or empty");
+    }
+    let watched = lab.audit_events("session.watched");
+    assert!(watched.iter().any(|e| e["actor"] == manager.name() && e["details"]["via"] == "web"), "{watched:?}");
+    let _ = (stdout, stderr);
+    lab.finish();
+}
