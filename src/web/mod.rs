@@ -4,6 +4,8 @@
 //! rules of its own beyond "which role may reach which route".
 
 mod api;
+mod assets;
+mod audit;
 mod live;
 mod pages;
 
@@ -183,7 +185,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
         ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
-        h.insert(k, HeaderValue::from_static(v));
+        // A page may set a stricter or wider CSP (the replay page allows the player's
+        // WebAssembly) and assets their own cache lifetime.
+        if !(h.contains_key(k) && (k == "content-security-policy" || k == "cache-control")) {
+            h.insert(k, HeaderValue::from_static(v));
+        }
     }
     res
 }
@@ -192,6 +198,8 @@ fn router(web: Web) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(live::routes())
+        .merge(assets::routes())
+        .merge(audit::routes())
         .nest("/api/v1", api::routes())
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))

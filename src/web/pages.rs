@@ -46,7 +46,7 @@ pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Re
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
          <header><nav aria-label=\"Main\"><a href=\"/requests\">Requests <span class=\"badge\" id=\"pending-count\" \
          aria-label=\"{pending} pending\">{pending}</span></a> <a href=\"/grants\">Grants</a> <a href=\"/sessions\">Sessions</a> \
-         <a href=\"/account\">Account</a></nav>\
+         <a href=\"/audit/sessions\">Recordings</a> {log}<a href=\"/account\">Account</a></nav>\
          <div class=\"who\">{u} ({r}) <form method=\"post\" action=\"/logout\" class=\"inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Log out</button></form></div></header>\
          <main><h1>{t}</h1>{body}</main></body></html>",
@@ -54,6 +54,11 @@ pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Re
         u = esc(&c.user.name),
         r = c.user.role,
         csrf = esc(csrf),
+        log = if matches!(c.user.role, users::Role::Auditor | users::Role::Admin) {
+            "<a href=\"/audit/log\">Audit log</a> "
+        } else {
+            ""
+        },
     );
     Ok(Html(html).into_response())
 }
