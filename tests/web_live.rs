@@ -200,3 +200,177 @@ fn browser_manager_watches_live_ssh() {
     let _ = (stdout, stderr);
     lab.finish();
 }
+
+/// A vendor's recorded session, ended, with `word` typed (`echo` of an arithmetic that prints
+/// it); its id.
+fn recorded_session(lab: &Lab, v: &Vendor, prefix: &str) -> String {
+    let mut typist = Typist::start(lab, v);
+    typist.type_text(&format!("echo {prefix}-$((6*7))-AUDIT\n"));
+    assert!(typist.wait_text(&format!("{prefix}-42-AUDIT"), T), "{}", typist.text());
+    let id = lab.live_session(&v.name)["id"].as_str().expect("session id").to_string();
+    assert!(typist.exit(T), "{}", typist.text());
+    lab.ended_session(&v.name);
+    id
+}
+
+/// Waits until the console's search (as `auth`) finds `word`; returns the page.
+fn search_until_found(web: &Web, auth: Auth, word: &str) -> String {
+    let end = std::time::Instant::now() + T;
+    loop {
+        let r = web.get(&format!("/audit/search?q={word}"), auth);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body.contains("class=\"hit\"") {
+            return r.body;
+        }
+        assert!(std::time::Instant::now() < end, "search never found {word}: {}", r.body);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Recordings, replays, bundles, search and the audit log × role: a vendor reads only its own
+/// sessions (another vendor's are unknown to it), nobody reads anything without logging in.
+#[test]
+fn recordings_access_by_role() {
+    let lab = Lab::new(Backend::Sqlite);
+    let web = Web::new(&lab);
+    let v = lab.vendor();
+    let id = recorded_session(&lab, &v, "OWNED");
+    let other = lab.user_with_role("vendor");
+    let names = [
+        v.name.clone(),
+        other.name.clone(),
+        lab.user_with_role("manager").name,
+        lab.user_with_role("auditor").name,
+        lab.user_with_role("admin").name,
+    ];
+    let tokens: Vec<String> = names.iter().map(|n| token(&lab, n, "1h").1).collect();
+    let roles = ["vendor", "other vendor", "manager", "auditor", "admin"];
+    let cast = format!("/audit/sessions/{id}/cast");
+    let replay = format!("/audit/sessions/{id}/replay?t=1.5");
+    let bundle = format!("/audit/sessions/{id}/evidence");
+    for (i, [c, r, e]) in [[200u16, 200, 403], [404, 404, 403], [200, 200, 200], [200, 200, 200], [200, 200, 200]]
+        .into_iter()
+        .enumerate()
+    {
+        let got = web.get(&cast, Auth::Token(&tokens[i]));
+        assert_eq!(got.status, c, "cast as {}: {}", roles[i], got.body);
+        if c == 200 {
+            assert!(got.body.contains("OWNED-42-AUDIT"), "cast as {}", roles[i]);
+            assert!(got.body.starts_with("{\"version\":2"), "not a cast");
+            assert_eq!(got.header("content-type").as_deref(), Some("application/x-asciicast"));
+            assert!(got.header("content-disposition").is_some_and(|d| d.contains(&format!("{id}.cast"))));
+        } else {
+            assert!(!got.body.contains("OWNED-42"), "{}", got.body);
+        }
+        let got = web.get(&replay, Auth::Token(&tokens[i]));
+        assert_eq!(got.status, r, "replay as {}: {}", roles[i], got.body);
+        if r == 200 {
+            assert!(got.body.contains("data-start=\"1.5\""), "{}", got.body);
+            let csp = got.header("content-security-policy").unwrap_or_default();
+            assert!(csp.contains("script-src 'self' 'wasm-unsafe-eval'") && !csp.contains("unsafe-inline"), "{csp}");
+        }
+        let got = web.get(&bundle, Auth::Token(&tokens[i]));
+        assert_eq!(got.status, e, "bundle as {}: {}", roles[i], got.body.chars().take(200).collect::<String>());
+        if e == 200 {
+            assert_eq!(got.header("content-type").as_deref(), Some("application/x-tar"));
+            assert!(got.body.contains("MANIFEST") && got.body.contains("OWNED-42-AUDIT"), "bundle as {}", roles[i]);
+        }
+        // The other vendor's list does not show the session; the owner's and the auditor's do.
+        let list = web.get("/audit/sessions", Auth::Token(&tokens[i]));
+        assert_eq!(list.status, 200, "{}", list.body);
+        assert_eq!(list.body.contains(&format!("row-{id}")), i != 1, "list as {}: {}", roles[i], list.body);
+    }
+    for path in [&cast, &bundle] {
+        assert_eq!(web.get(path, Auth::None).status, 401, "{path}");
+    }
+    for path in [replay.as_str(), "/audit/sessions", "/audit/search?q=x", "/audit/log"] {
+        let r = web.get(path, Auth::None);
+        assert_eq!((r.status, r.header("location")), (303, Some("/login".to_string())), "{path}");
+    }
+    // Filters.
+    let auditor = Auth::Token(&tokens[3]);
+    let f = |q: &str| web.get(&format!("/audit/sessions?{q}"), auditor).body.contains(&format!("row-{id}"));
+    assert!(f(&format!("user={}", v.name)));
+    assert!(!f(&format!("user={}", other.name)));
+    assert!(f("org=Acme+Automation&protocol=ssh&reason=closed"));
+    assert!(!f("protocol=rdp"));
+    assert!(!f("reason=killed"));
+    assert!(!f("from=2099-01-01"));
+    assert!(f("from=2020-01-01&to=2099-12-31"));
+    let bad = web.get("/audit/sessions?from=yesterday", auditor);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("not a date"), "{}", bad.body);
+    // An other vendor filtering for the owner still sees only its own (none).
+    let list = web.get(&format!("/audit/sessions?user={}", v.name), Auth::Token(&tokens[1]));
+    assert!(!list.body.contains(&format!("row-{id}")));
+    // Search: hits link the replay at their moment; vendors may not search.
+    let found = search_until_found(&web, auditor, "OWNED-42-AUDIT");
+    assert!(found.contains(&format!("href=\"/audit/sessions/{id}/replay?t=")), "{found}");
+    assert_eq!(web.get("/audit/search?q=OWNED", Auth::Token(&tokens[0])).status, 403);
+    assert_eq!(web.get("/audit/search?q=OWNED", Auth::Token(&tokens[1])).status, 403);
+    // The audit log: auditors and admins, with the chain's state.
+    for (i, expect) in [403u16, 403, 403, 200, 200].into_iter().enumerate() {
+        let r = web.get("/audit/log", Auth::Token(&tokens[i]));
+        assert_eq!(r.status, expect, "audit log as {}", roles[i]);
+        if expect == 200 {
+            assert!(r.body.contains("Chain intact"), "{}", r.body);
+            assert!(r.body.contains("session.ended"), "{}", r.body);
+        }
+    }
+    // The player's assets: our origin, right types, long cache, content-hashed URLs.
+    let page = web.get(&replay, auditor).body;
+    let src = |name: &str| {
+        let at = page.find(name).unwrap_or_else(|| panic!("{name} not on the replay page"));
+        let start = page[..at].rfind('"').expect("quote") + 1;
+        page[start..at + name.len()].to_string()
+    };
+    for (name, ctype) in [("asciinema-player.min.js", "text/javascript"), ("asciinema-player.css", "text/css"), ("replay.js", "text/javascript")] {
+        let path = src(name);
+        assert!(path.starts_with("/assets/"), "{path}");
+        let r = web.get(&path, Auth::None);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.header("content-type").is_some_and(|c| c.starts_with(ctype)), "{path}: {:?}", r.header("content-type"));
+        assert!(r.header("cache-control").is_some_and(|c| c.contains("max-age=31536000") && c.contains("immutable")));
+        assert!(r.body.len() > 200, "{path} is empty");
+        let stale = path.replacen("/assets/", "/assets/0000000000000000", 1);
+        assert_eq!(web.get(&stale, Auth::None).status, 404);
+    }
+    lab.finish();
+}
+
+/// An auditor searches, in a real headless Chromium, for a word typed in a real ssh session,
+/// opens the hit, and the player's terminal shows that moment.
+#[test]
+fn browser_auditor_search_opens_replay_at_hit() {
+    let lab = Lab::new(Backend::Sqlite);
+    let web = Web::new(&lab);
+    let v = lab.vendor();
+    let auditor = Person::new(lab.user_with_role("auditor"));
+    let id = recorded_session(&lab, &v, "REPLAYED");
+    let word = "REPLAYED-42-AUDIT";
+    let (_, t) = token(&lab, auditor.name(), "1h");
+    search_until_found(&web, Auth::Token(&t), word);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(dir.join("node_modules/playwright-core").is_dir(), "run `npm ci` in {} (scripts/test does)", dir.display());
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-replay-browser");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let mut node = Command::new("node");
+    node.arg(dir.join("replay.mjs"))
+        .current_dir(&dir)
+        .env("PENSTOCK_URL", format!("https://127.0.0.1:{}/", lab.web_port()))
+        .env("PENSTOCK_USER", auditor.name())
+        .env("PENSTOCK_PASSWORD", &auditor.v.password)
+        .env("PENSTOCK_CODE", auditor.code_ahead())
+        .env("PENSTOCK_WORD", word)
+        .env("PENSTOCK_SESSION", &id)
+        .env("PENSTOCK_SHOTS", &shots);
+    let o = common::sshd::run(&mut node, b"", Duration::from_secs(120));
+    assert!(o.status.success(), "browser run failed: {}{} (screenshots in {})", stdout(&o), stderr(&o), shots.display());
+    assert!(stdout(&o).contains(&format!("seen {word}")), "{}", stdout(&o));
+    for f in ["1-search.png", "2-replay.png"] {
+        let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 1000, "screenshot {f} missing or empty");
+    }
+    lab.finish();
+}
