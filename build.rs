@@ -49,7 +49,9 @@ fn npm_build(out: &Path, assets: &Path) -> Result<(), String> {
         return Err(format!("npm ci failed ({status})"));
     }
     let dist = work.join("node_modules/asciinema-player/dist/bundle");
-    for (from, to) in [("asciinema-player.min.js", "asciinema-player.min.js"), ("asciinema-player.css", "asciinema-player.css")] {
+    for (from, to) in
+        [("asciinema-player.min.js", "asciinema-player.min.js"), ("asciinema-player.css", "asciinema-player.css")]
+    {
         std::fs::copy(dist.join(from), assets.join(to)).map_err(|e| format!("player file {from} missing: {e}"))?;
     }
     std::fs::write(assets.join("BUILT"), "npm\n").map_err(|e| e.to_string())?;

@@ -270,7 +270,8 @@ impl Watcher {
         let (title, screen) = screen_from(joined.path, joined.written)
             .await
             .map_err(|e| Error::Other(anyhow::anyhow!("cannot read the live recording: {e}")))?;
-        let ev = crate::audit::Event::SessionWatched { session: id.to_string(), user: user.name.clone(), via: via.into() };
+        let ev =
+            crate::audit::Event::SessionWatched { session: id.to_string(), user: user.name.clone(), via: via.into() };
         crate::audit::record(&app.store, &*app.clock, &user.name, &ev).await?;
         Ok(Watcher { app: app.clone(), id: id.to_string(), screen, rx: joined.rx, resyncs: 0, title })
     }

@@ -190,7 +190,12 @@ fn browser_manager_watches_live_ssh() {
     );
     assert!(typist.exit(T), "{}", typist.text());
     let st = browser.wait(Duration::from_secs(60)).expect("browser script ends");
-    assert!(st.success() && browser.text().contains("ended"), "{} (screenshots in {})", browser.text(), shots.display());
+    assert!(
+        st.success() && browser.text().contains("ended"),
+        "{} (screenshots in {})",
+        browser.text(),
+        shots.display()
+    );
     for f in ["1-live.png", "2-word.png", "3-ended.png"] {
         let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 1000, "screenshot {f} missing or empty");
@@ -248,9 +253,8 @@ fn recordings_access_by_role() {
     let cast = format!("/audit/sessions/{id}/cast");
     let replay = format!("/audit/sessions/{id}/replay?t=1.5");
     let bundle = format!("/audit/sessions/{id}/evidence");
-    for (i, [c, r, e]) in [[200u16, 200, 403], [404, 404, 403], [200, 200, 200], [200, 200, 200], [200, 200, 200]]
-        .into_iter()
-        .enumerate()
+    for (i, [c, r, e]) in
+        [[200u16, 200, 403], [404, 404, 403], [200, 200, 200], [200, 200, 200], [200, 200, 200]].into_iter().enumerate()
     {
         let got = web.get(&cast, Auth::Token(&tokens[i]));
         assert_eq!(got.status, c, "cast as {}: {}", roles[i], got.body);
@@ -303,6 +307,32 @@ fn recordings_access_by_role() {
     // An other vendor filtering for the owner still sees only its own (none).
     let list = web.get(&format!("/audit/sessions?user={}", v.name), Auth::Token(&tokens[1]));
     assert!(!list.body.contains(&format!("row-{id}")));
+    // The same through the API, listed in its OpenAPI document.
+    for (i, [c, e]) in [[200u16, 403], [404, 403], [200, 200], [200, 200], [200, 200]].into_iter().enumerate() {
+        let r = web.get(&format!("/api/v1/sessions/{id}/recording"), Auth::Token(&tokens[i]));
+        assert_eq!(r.status, c, "API recording as {}: {}", roles[i], r.body);
+        assert_eq!(r.body.contains("OWNED-42-AUDIT"), c == 200);
+        let r = web.get(&format!("/api/v1/sessions/{id}/evidence"), Auth::Token(&tokens[i]));
+        assert_eq!(r.status, e, "API evidence as {}", roles[i]);
+        let r = web.get(&format!("/api/v1/recordings?target=plc-line3&user={}", v.name), Auth::Token(&tokens[i]));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let listed = r.json().as_array().expect("array").iter().any(|s| s["id"] == id.as_str());
+        assert_eq!(listed, i != 1, "API recordings as {}: {}", roles[i], r.body);
+    }
+    assert_eq!(web.get(&format!("/api/v1/sessions/{id}/recording"), Auth::None).status, 401);
+    let doc = web.get("/api/v1/openapi.json", Auth::None).json();
+    for p in ["/api/v1/recordings", "/api/v1/sessions/{id}/recording", "/api/v1/sessions/{id}/evidence"] {
+        assert!(doc["paths"][p]["get"].is_object(), "{p} not in the OpenAPI document");
+    }
+    let params: Vec<&str> = doc["paths"]["/api/v1/recordings"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for p in ["user", "org", "target", "from", "to", "reason", "protocol", "page"] {
+        assert!(params.contains(&p), "{p} missing: {params:?}");
+    }
     // Search: hits link the replay at their moment; vendors may not search.
     let found = search_until_found(&web, auditor, "OWNED-42-AUDIT");
     assert!(found.contains(&format!("href=\"/audit/sessions/{id}/replay?t=")), "{found}");
@@ -324,12 +354,20 @@ fn recordings_access_by_role() {
         let start = page[..at].rfind('"').expect("quote") + 1;
         page[start..at + name.len()].to_string()
     };
-    for (name, ctype) in [("asciinema-player.min.js", "text/javascript"), ("asciinema-player.css", "text/css"), ("replay.js", "text/javascript")] {
+    for (name, ctype) in [
+        ("asciinema-player.min.js", "text/javascript"),
+        ("asciinema-player.css", "text/css"),
+        ("replay.js", "text/javascript"),
+    ] {
         let path = src(name);
         assert!(path.starts_with("/assets/"), "{path}");
         let r = web.get(&path, Auth::None);
         assert_eq!(r.status, 200, "{path}");
-        assert!(r.header("content-type").is_some_and(|c| c.starts_with(ctype)), "{path}: {:?}", r.header("content-type"));
+        assert!(
+            r.header("content-type").is_some_and(|c| c.starts_with(ctype)),
+            "{path}: {:?}",
+            r.header("content-type")
+        );
         assert!(r.header("cache-control").is_some_and(|c| c.contains("max-age=31536000") && c.contains("immutable")));
         assert!(r.body.len() > 200, "{path} is empty");
         let stale = path.replacen("/assets/", "/assets/0000000000000000", 1);
@@ -346,7 +384,20 @@ fn browser_auditor_search_opens_replay_at_hit() {
     let web = Web::new(&lab);
     let v = lab.vendor();
     let auditor = Person::new(lab.user_with_role("auditor"));
-    let id = recorded_session(&lab, &v, "REPLAYED");
+    // Before and after the word, seconds apart: the replay opened at the hit shows the moment
+    // of the word, not what came later.
+    let mut typist = Typist::start(&lab, &v);
+    typist.type_text("echo BEFORE-$((1+1))\n");
+    assert!(typist.wait_text("BEFORE-2", T), "{}", typist.text());
+    std::thread::sleep(Duration::from_secs(3));
+    typist.type_text("echo REPLAYED-$((6*7))-AUDIT\n");
+    assert!(typist.wait_text("REPLAYED-42-AUDIT", T), "{}", typist.text());
+    std::thread::sleep(Duration::from_secs(4));
+    typist.type_text("echo LATER-$((2+2))-NOTYET\n");
+    assert!(typist.wait_text("LATER-4-NOTYET", T), "{}", typist.text());
+    let id = lab.live_session(&v.name)["id"].as_str().expect("session id").to_string();
+    assert!(typist.exit(T), "{}", typist.text());
+    lab.ended_session(&v.name);
     let word = "REPLAYED-42-AUDIT";
     let (_, t) = token(&lab, auditor.name(), "1h");
     search_until_found(&web, Auth::Token(&t), word);
@@ -363,10 +414,17 @@ fn browser_auditor_search_opens_replay_at_hit() {
         .env("PENSTOCK_PASSWORD", &auditor.v.password)
         .env("PENSTOCK_CODE", auditor.code_ahead())
         .env("PENSTOCK_WORD", word)
+        .env("PENSTOCK_LATER", "LATER-4-NOTYET")
         .env("PENSTOCK_SESSION", &id)
         .env("PENSTOCK_SHOTS", &shots);
     let o = common::sshd::run(&mut node, b"", Duration::from_secs(120));
-    assert!(o.status.success(), "browser run failed: {}{} (screenshots in {})", stdout(&o), stderr(&o), shots.display());
+    assert!(
+        o.status.success(),
+        "browser run failed: {}{} (screenshots in {})",
+        stdout(&o),
+        stderr(&o),
+        shots.display()
+    );
     assert!(stdout(&o).contains(&format!("seen {word}")), "{}", stdout(&o));
     for f in ["1-search.png", "2-replay.png"] {
         let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);

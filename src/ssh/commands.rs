@@ -382,7 +382,10 @@ pub fn watch_arg(line_text: &str) -> Option<Result<String, Output>> {
     }
     Some(match argv.as_slice() {
         [_, id] if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id.to_ascii_lowercase()),
-        [_, id] => Err(fail(format!("invalid session id {:?}: give all 32 hex digits", id.chars().take(40).collect::<String>()), 2)),
+        [_, id] => Err(fail(
+            format!("invalid session id {:?}: give all 32 hex digits", id.chars().take(40).collect::<String>()),
+            2,
+        )),
         _ => Err(fail("usage: watch SESSION (the 32-hex-digit id from `penstock sessions` or the console)", 2)),
     })
 }
@@ -408,7 +411,10 @@ pub async fn watch(
         return Output::default();
     }
     let _ = wr
-        .extended_data_bytes(1, Bytes::from(format!("\r\n[penstock] watching {} ({id}); q or Ctrl-C leaves\r\n", w.title)))
+        .extended_data_bytes(
+            1,
+            Bytes::from(format!("\r\n[penstock] watching {} ({id}); q or Ctrl-C leaves\r\n", w.title)),
+        )
         .await;
     let mut prev = w.screen().screen().clone();
     let mut reading = true;

@@ -47,16 +47,81 @@ async fn readable(web: &Web, c: &Caller, id: &str) -> Result<sessions::SessionRo
     }
 }
 
-#[derive(Deserialize, Default)]
-struct SessionQuery {
+/// Filters of the recorded-session list (page and API).
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+pub(super) struct SessionQuery {
+    /// User name of the vendor (ignored for vendors: they see their own).
     user: Option<String>,
+    /// The user's organisation.
     org: Option<String>,
+    /// Target name.
     target: Option<String>,
+    /// First day, `YYYY-MM-DD` in the plant's time zone.
     from: Option<String>,
+    /// Last day, `YYYY-MM-DD` in the plant's time zone.
     to: Option<String>,
+    /// End reason (`closed`, `killed`, `expired`, `idle`, …; `live` for running sessions).
     reason: Option<String>,
+    /// `ssh` or `rdp`.
     protocol: Option<String>,
+    /// Page, from 1 (50 sessions a page).
     page: Option<i64>,
+}
+
+/// The store's filter for `q` as `c` may use it.
+fn filter(web: &Web, c: &Caller, q: &SessionQuery) -> Result<sessions::Filter, WebError> {
+    let mut f = sessions::Filter {
+        user: nonempty(&q.user),
+        org: nonempty(&q.org),
+        target: nonempty(&q.target),
+        since: day(web, &q.from, "from")?,
+        until: day(web, &q.to, "to")?.map(|t| t + 86_400),
+        reason: nonempty(&q.reason),
+        protocol: nonempty(&q.protocol),
+    };
+    if !c.sees_all() {
+        // A vendor's list is its own sessions, whatever the filter says.
+        f.user = Some(c.user.name.clone());
+    }
+    Ok(f)
+}
+
+#[utoipa::path(get, path = "/api/v1/recordings", tag = "evidence", params(SessionQuery),
+    responses((status = 200, body = [super::api::ApiSession]), (status = 400, body = super::api::ApiError), (status = 401, body = super::api::ApiError)))]
+pub(super) async fn api_recordings(
+    State(web): State<Web>,
+    h: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Result<axum::Json<Vec<super::api::ApiSession>>, WebError> {
+    let c = caller(&web, &h).await?;
+    let f = filter(&web, &c, &q)?;
+    let page = q.page.unwrap_or(1).clamp(1, 100_000);
+    let rows = sessions::find(&web.app, &f, (page - 1) * PAGE, PAGE).await?;
+    Ok(axum::Json(rows.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/recording", tag = "evidence",
+    params(("id" = String, Path, description = "Session id (32 hex digits)")),
+    responses((status = 200, description = "The asciicast v2 recording", content_type = "application/x-asciicast"),
+        (status = 400, body = super::api::ApiError), (status = 401, body = super::api::ApiError), (status = 404, body = super::api::ApiError)))]
+pub(super) async fn api_recording(web: State<Web>, h: HeaderMap, id: Path<String>) -> Response {
+    cast_download(web, h, id).await
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/evidence", tag = "evidence",
+    params(("id" = String, Path, description = "Session id (32 hex digits)")),
+    responses((status = 200, description = "A signed evidence bundle (ustar)", content_type = "application/x-tar"),
+        (status = 401, body = super::api::ApiError), (status = 403, body = super::api::ApiError), (status = 404, body = super::api::ApiError)))]
+pub(super) async fn api_evidence(web: State<Web>, h: HeaderMap, id: Path<String>) -> Response {
+    evidence_download(web, h, id).await
+}
+
+/// The API routes of this module (nested under `/api/v1` by `api`).
+pub(super) fn api_routes() -> Router<Web> {
+    Router::new()
+        .route("/recordings", get(api_recordings))
+        .route("/sessions/{id}/recording", get(api_recording))
+        .route("/sessions/{id}/evidence", get(api_evidence))
 }
 
 fn nonempty(v: &Option<String>) -> Option<String> {
@@ -85,10 +150,8 @@ fn field(id: &str, label: &str, value: &Option<String>, kind: &str) -> String {
 }
 
 fn qs(pairs: &[(&str, &Option<String>)], page: i64) -> String {
-    let mut out: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| nonempty(v).map(|v| format!("{k}={}", urlenc(&v))))
-        .collect();
+    let mut out: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| nonempty(v).map(|v| format!("{k}={}", urlenc(&v)))).collect();
     out.push(format!("page={page}"));
     out.join("&amp;")
 }
@@ -106,19 +169,7 @@ async fn sessions_page(State(web): State<Web>, h: HeaderMap, Query(q): Query<Ses
     let res = async {
         let c = caller(&web, &h).await?;
         let page = q.page.unwrap_or(1).clamp(1, 100_000);
-        let mut f = sessions::Filter {
-            user: nonempty(&q.user),
-            org: nonempty(&q.org),
-            target: nonempty(&q.target),
-            since: day(&web, &q.from, "from")?,
-            until: day(&web, &q.to, "to")?.map(|t| t + 86_400),
-            reason: nonempty(&q.reason),
-            protocol: nonempty(&q.protocol),
-        };
-        if !c.sees_all() {
-            // A vendor's list is its own sessions, whatever the filter says.
-            f.user = Some(c.user.name.clone());
-        }
+        let f = filter(&web, &c, &q)?;
         let rows = sessions::find(&web.app, &f, (page - 1) * PAGE, PAGE + 1).await?;
         let more = rows.len() as i64 > PAGE;
         let mut body = String::from("<form method=\"get\" action=\"/audit/sessions\" class=\"filters\" aria-label=\"Filter sessions\">");
@@ -229,7 +280,8 @@ async fn search_page(State(web): State<Web>, h: HeaderMap, Query(q): Query<Searc
                         body,
                         "<li><a class=\"hit\" href=\"/audit/sessions/{id}/replay?t={t:.1}\">at {off}</a> <code>{text}</code></li>",
                         id = esc(&s.session),
-                        t = (hit.offset - 0.5).max(0.0),
+                        // Just after the line was complete, so the frame shows it.
+                        t = hit.offset + 0.3,
                         off = esc(&crate::replay::transcript::fmt_offset(hit.offset)),
                         text = esc(&hit.text),
                     );
@@ -250,7 +302,12 @@ struct ReplayQuery {
     speed: Option<f64>,
 }
 
-async fn replay_page(State(web): State<Web>, h: HeaderMap, Path(id): Path<String>, Query(q): Query<ReplayQuery>) -> Response {
+async fn replay_page(
+    State(web): State<Web>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReplayQuery>,
+) -> Response {
     let res = async {
         let c = caller(&web, &h).await?;
         let s = readable(&web, &c, &id).await?;
@@ -288,13 +345,16 @@ async fn replay_page(State(web): State<Web>, h: HeaderMap, Path(id): Path<String
 async fn read_object(web: &Web, locator: String) -> Result<Vec<u8>, WebError> {
     let store = crate::storage::for_app(&web.app);
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        use std::io::Read;
         use crate::storage::RecordingStorage;
+        use std::io::Read;
         let r = store.open(&locator)?;
         let mut buf = Vec::new();
         r.take(MAX_DOWNLOAD + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > MAX_DOWNLOAD {
-            anyhow::bail!("the recording is larger than {} MiB: export it with `penstock evidence export`", MAX_DOWNLOAD >> 20);
+            anyhow::bail!(
+                "the recording is larger than {} MiB: export it with `penstock evidence export`",
+                MAX_DOWNLOAD >> 20
+            );
         }
         Ok(buf)
     })
@@ -345,7 +405,9 @@ async fn evidence_download(State(web): State<Web>, h: HeaderMap, Path(id): Path<
             .await
             .map_err(|e| Error::Other(anyhow::anyhow!("export task failed: {e}")))?;
         let body = match made {
-            Ok(_) => tokio::fs::read(&out).await.map_err(|e| Error::Other(anyhow::anyhow!("cannot read the bundle: {e}"))),
+            Ok(_) => {
+                tokio::fs::read(&out).await.map_err(|e| Error::Other(anyhow::anyhow!("cannot read the bundle: {e}")))
+            }
             Err(e) => Err(Error::Invalid(format!("cannot export: {e}"))),
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;

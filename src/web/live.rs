@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,10 +36,7 @@ async fn watcher(web: &Web, h: &HeaderMap) -> Result<Caller, WebError> {
 }
 
 async fn script() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
-        SCRIPT,
-    )
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], SCRIPT)
         .into_response()
 }
 
@@ -152,7 +149,9 @@ async fn follow(web: Web, h: HeaderMap, mut w: Watcher, mut socket: WebSocket) {
         }
     };
     if ended {
-        let _ = socket.send(Message::Text(json!({ "ended": true, "status": "The session ended." }).to_string().into())).await;
+        let _ = socket
+            .send(Message::Text(json!({ "ended": true, "status": "The session ended." }).to_string().into()))
+            .await;
     }
     let _ = socket.send(Message::Close(None)).await;
 }

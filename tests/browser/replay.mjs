@@ -1,6 +1,7 @@
 // An auditor logs in to the Penstock console in a real headless Chromium, searches the
 // recordings for PENSTOCK_WORD, opens the first hit, and reads the replay's terminal (the
-// asciinema-player's rendered lines in the DOM) until the word is on it. Screenshots go to
+// asciinema-player's rendered lines in the DOM): the word is on it and PENSTOCK_LATER (typed
+// seconds later) is not, until play is pressed. Screenshots go to
 // PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_auditor_search_opens_replay_at_hit).
 import { chromium } from 'playwright-core';
 import { mkdtempSync } from 'node:fs';
@@ -18,6 +19,7 @@ const password = need('PENSTOCK_PASSWORD');
 const code = need('PENSTOCK_CODE');
 const word = need('PENSTOCK_WORD');
 const session = need('PENSTOCK_SESSION');
+const later = need('PENSTOCK_LATER');
 const shots = need('PENSTOCK_SHOTS');
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'penstock-chromium-'));
@@ -64,6 +66,16 @@ try {
   await fail(`${word} not on the player's terminal; it shows:\n${await termText()}`);
 }
 await page.screenshot({ path: join(shots, '2-replay.png'), fullPage: true });
+// That moment, not the end: what was typed seconds later is not on the screen yet.
+if ((await termText()).includes(later)) await fail(`the replay shows ${later}, typed after the hit:\n${await termText()}`);
+// Playing on from there reaches it.
+await page.locator('#player .ap-playback-button').click();
+try {
+  await page.waitForFunction((w) => Array.from(document.querySelectorAll('#player .ap-line')).some((l) => l.textContent.includes(w)), later, { timeout: 30000 });
+} catch {
+  await fail(`playing on never showed ${later}:\n${await termText()}`);
+}
+await page.screenshot({ path: join(shots, '3-played.png'), fullPage: true });
 const t = Number(new URL(href, url).searchParams.get('t'));
 console.log(`seen ${word} in the replay started at ${t}`);
 if (errors.length) console.log(`console errors: ${errors.join(' | ')}`);

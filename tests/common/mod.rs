@@ -16,9 +16,9 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub mod live;
 pub mod postgres;
 pub mod sshd;
-pub mod live;
 pub mod web;
 
 use std::ffi::OsStr;

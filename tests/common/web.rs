@@ -249,4 +249,3 @@ impl Drop for Live {
         let _ = self.child.wait();
     }
 }
-

@@ -6,10 +6,13 @@
   if (!el || !window.AsciinemaPlayer) return;
   const start = Math.max(0, Number(el.dataset.start) || 0);
   const speed = Number(el.dataset.speed) || 1;
+  // The frame at that moment is shown first (a search hit's line is on it); play continues
+  // from there.
   const player = window.AsciinemaPlayer.create(el.dataset.cast, el, {
     startAt: start,
+    poster: `npt:${start}`,
     speed,
-    autoPlay: true,
+    autoPlay: false,
     preload: true,
     idleTimeLimit: 2,
     fit: 'width',
