@@ -357,22 +357,6 @@ async fn execute(app: &App, who: &User, cmd: Cmd, json: bool) -> Result<Output, 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shell_split() {
-        assert_eq!(
-            split(r#"request plc --for 2h --reason "CHG-4711 firmware 2.1""#).unwrap(),
-            vec!["request", "plc", "--for", "2h", "--reason", "CHG-4711 firmware 2.1"]
-        );
-        assert_eq!(split("a 'b c' d\\ e").unwrap(), vec!["a", "b c", "d e"]);
-        assert_eq!(split("  ").unwrap(), Vec::<String>::new());
-        assert!(split("'open").is_err());
-    }
-}
-
 /// The session id when `line_text` is `watch SESSION`; `Err` with the usage error otherwise
 /// (`None`: not a watch command).
 pub fn watch_arg(line_text: &str) -> Option<Result<String, Output>> {
@@ -451,4 +435,20 @@ pub async fn watch(
     };
     let note = if ended { "the session ended" } else { "stopped watching" };
     Output { stdout: String::new(), stderr: format!("\n[penstock] {note}\n"), code: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_split() {
+        assert_eq!(
+            split(r#"request plc --for 2h --reason "CHG-4711 firmware 2.1""#).unwrap(),
+            vec!["request", "plc", "--for", "2h", "--reason", "CHG-4711 firmware 2.1"]
+        );
+        assert_eq!(split("a 'b c' d\\ e").unwrap(), vec!["a", "b c", "d e"]);
+        assert_eq!(split("  ").unwrap(), Vec::<String>::new());
+        assert!(split("'open").is_err());
+    }
 }
