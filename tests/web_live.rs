@@ -82,6 +82,35 @@ fn ssh_watch_sees_typed_word(b: Backend) {
     lab.finish();
 }
 
+/// A watcher that stops reading (its `ssh` is stopped with SIGSTOP) never slows the session:
+/// the vendor's command streams 2 MB through the gateway and ends on time, complete; the
+/// watcher, continued, is told the session ended.
+#[test]
+fn stalled_watcher_never_slows_the_session() {
+    let lab = Lab::new(Backend::Sqlite);
+    let manager = Person::new(lab.user_with_role("manager"));
+    let v = lab.vendor();
+    let mut c = lab.ssh(&v, &["-tt"]);
+    c.arg("sleep 3; seq 1 300000; echo SEQ-DONE");
+    let mut vendor = Live::spawn(&mut c);
+    let id = lab.live_session(&v.name)["id"].as_str().expect("session id").to_string();
+    let mut watch = gateway_command(&lab, &manager, &format!("watch {id}"));
+    assert!(watch.wait_text("[penstock] watching", T), "{}", watch.text());
+    let pid = watch.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let started = std::time::Instant::now();
+    let st = vendor.wait(Duration::from_secs(60)).expect("the vendor's command ends while the watcher is stalled");
+    assert!(st.success(), "{}", vendor.text().chars().rev().take(300).collect::<String>());
+    let out = vendor.text();
+    assert!(out.contains("\n300000\r\n") && out.contains("SEQ-DONE"), "output incomplete");
+    assert!(started.elapsed() < Duration::from_secs(45), "the session took {:?}", started.elapsed());
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().expect("kill").success());
+    let st = watch.wait(Duration::from_secs(30)).expect("the watch ends after the session");
+    assert!(st.success(), "{}", watch.text().chars().rev().take(300).collect::<String>());
+    assert!(watch.text().contains("the session ended"), "{}", watch.text().chars().rev().take(300).collect::<String>());
+    lab.finish();
+}
+
 /// Page and WebSocket × role: only managers and auditors watch; no credentials, another site's
 /// page, a malformed id and a session that is not live are refused.
 #[test]
