@@ -30,6 +30,8 @@ pub struct App {
     pub notifier: Notifier,
     /// This gateway's node id (set by `serve` through `node::register`; empty elsewhere).
     pub node_id: Arc<String>,
+    /// Live feeds of the sessions this process records (the live view).
+    pub feeds: Arc<crate::live::Feeds>,
 }
 
 impl App {
@@ -61,6 +63,7 @@ impl App {
             policies: Arc::new(Policies::default()),
             notifier: Notifier::default(),
             node_id: Arc::default(),
+            feeds: Arc::default(),
         })
     }
 

@@ -326,3 +326,69 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRow> {
         protocol: r.try_get(12)?,
     })
 }
+
+/// What the auditor's session list filters on (all optional; text fields match exactly).
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// User name.
+    pub user: Option<String>,
+    /// The user's organisation.
+    pub org: Option<String>,
+    /// Target name.
+    pub target: Option<String>,
+    /// Started at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Started before.
+    pub until: Option<i64>,
+    /// End reason (`closed`, `killed`, …; `live` for sessions still running).
+    pub reason: Option<String>,
+    /// Front end (`ssh`, `rdp`).
+    pub protocol: Option<String>,
+}
+
+/// Sessions matching `f`, newest first, `limit` of them after skipping `offset`.
+pub async fn find(app: &App, f: &Filter, offset: i64, limit: i64) -> Result<Vec<SessionRow>> {
+    enum B<'a> {
+        S(&'a str),
+        I(i64),
+    }
+    let mut conds: Vec<String> = Vec::new();
+    let mut binds: Vec<B> = Vec::new();
+    for (col, v) in [("u.name", &f.user), ("u.org", &f.org), ("t.name", &f.target), ("s.protocol", &f.protocol)] {
+        if let Some(v) = v {
+            binds.push(B::S(v));
+            conds.push(format!("{col} = ${}", binds.len()));
+        }
+    }
+    match f.reason.as_deref() {
+        Some("live") => conds.push("s.ended_at IS NULL".into()),
+        Some(r) => {
+            binds.push(B::S(r));
+            conds.push(format!("s.end_reason = ${}", binds.len()));
+        }
+        None => {}
+    }
+    if let Some(t) = f.since {
+        binds.push(B::I(t));
+        conds.push(format!("s.started_at >= ${}", binds.len()));
+    }
+    if let Some(t) = f.until {
+        binds.push(B::I(t));
+        conds.push(format!("s.started_at < ${}", binds.len()));
+    }
+    let filter = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+    let sql = format!(
+        "{SESSION_SELECT} {filter} ORDER BY s.started_at DESC, s.id LIMIT {} OFFSET {}",
+        limit.clamp(1, 1000),
+        offset.max(0)
+    );
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = match b {
+            B::S(s) => q.bind(s),
+            B::I(i) => q.bind(i),
+        };
+    }
+    let rows = q.fetch_all(app.store.pool()).await?;
+    rows.iter().map(session_from_row).collect()
+}

@@ -62,6 +62,8 @@ pub enum Event {
     HostKeyMismatch { target: String, expected: Option<String>, presented: String },
     /// A kill was requested for a session.
     SessionKillRequested { session: String, by: String },
+    /// A manager or auditor watched a live session (`via`: web or ssh).
+    SessionWatched { session: String, user: String, via: String },
     /// A file went through scp or sftp.
     FileTransferred { session: String, direction: String, path: String, size: i64, sha256: String },
     /// A vendor asked for access.
@@ -184,6 +186,7 @@ impl Event {
             Event::SessionRefused { .. } => "session.refused",
             Event::HostKeyMismatch { .. } => "target.host_key_mismatch",
             Event::SessionKillRequested { .. } => "session.kill_requested",
+            Event::SessionWatched { .. } => "session.watched",
             Event::FileTransferred { .. } => "session.file_transferred",
             Event::ChannelRefused { .. } => "session.channel_refused",
             Event::RequestCreated { .. } => "request.created",

@@ -29,6 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
+use crate::live::{Feed, Joined};
 use cast::{header_line, push_event, HeaderInfo, Utf8Carry};
 use transfers::{ScpTracker, SftpTracker, Transfer};
 
@@ -163,6 +164,8 @@ impl Recorder {
         let out = out.into_std().await;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (fail_tx, failed) = watch::channel(None);
+        let joins = app.feeds.register(spec.session_id);
+        let (feed, _) = tokio::sync::broadcast::channel(crate::live::FEED_CAPACITY);
         let tracker = match spec.kind {
             ChannelKind::Subsystem(s) if s == "sftp" => Tracker::Sftp(Box::default()),
             ChannelKind::Exec(c) => {
@@ -186,8 +189,10 @@ impl Recorder {
             err_carry: Utf8Carry::default(),
             in_carry: Utf8Carry::default(),
             started: Instant::now(),
+            feed,
+            written: line.len() as u64,
         };
-        let task = tokio::spawn(writer.run(rx, fail_tx));
+        let task = tokio::spawn(writer.run(rx, fail_tx, joins));
         Ok(Recorder {
             tx: Some(tx),
             pending: Default::default(),
@@ -298,6 +303,13 @@ impl Recorder {
             Some(t) => t.await.context("recording task panicked")?,
             None => bail!("recording already finished"),
         }
+    }
+}
+
+/// Hands terminal output to the live view, if anyone watches.
+fn publish(feed: &tokio::sync::broadcast::Sender<Feed>, text: &str) {
+    if feed.receiver_count() > 0 {
+        let _ = feed.send(Feed::Output(text.into()));
     }
 }
 
@@ -448,6 +460,11 @@ struct Writer {
     err_carry: Utf8Carry,
     in_carry: Utf8Carry,
     started: Instant,
+    /// The live view: terminal output and resizes for watchers (sent only while someone
+    /// watches; a watcher that falls behind lags, the writer never waits).
+    feed: tokio::sync::broadcast::Sender<Feed>,
+    /// Bytes of the cast handed to the file so far.
+    written: u64,
 }
 
 /// Which way a plain (non-terminal) stream goes.
@@ -503,10 +520,23 @@ impl Writer {
             return Ok(());
         }
         self.hasher.update(&self.buf);
+        self.written += self.buf.len() as u64;
         self.sink.write(&mut self.buf).await
     }
 
+    /// Answers a watcher joining the live view: everything encoded so far goes to the file
+    /// first, so the recording up to `written` plus the feed from now on is the whole session.
+    async fn join(&mut self, reply: crate::live::JoinRequest) -> std::io::Result<()> {
+        self.flush().await?;
+        self.sink.settle().await?;
+        let _ = reply.send(Joined { path: self.cast_path.clone(), written: self.written, rx: self.feed.subscribe() });
+        Ok(())
+    }
+
     async fn line(&mut self, t: f64, code: &str, text: &str) -> std::io::Result<()> {
+        if code == "o" {
+            publish(&self.feed, text);
+        }
         push_event(&mut self.buf, t, code, text);
         if self.buf.len() >= BATCH {
             self.flush().await?;
@@ -523,8 +553,12 @@ impl Writer {
             Stream::In => (&mut self.in_carry, &mut self.buf),
         };
         let before = buf.len();
+        let feed = &self.feed;
         carry.decode_with(data, |text| {
             if !text.is_empty() {
+                if code == "o" {
+                    publish(feed, text);
+                }
                 push_event(buf, t, code, text);
             }
         });
@@ -625,7 +659,12 @@ impl Writer {
                 Tracker::None if self.raw_allowed => self.plain(t, &data, Direction::In).await?,
                 Tracker::None => _ = self.text(t, "i", &data, Stream::In).await?,
             },
-            Ev::Resize(t, c, r) => self.line(t, "r", &format!("{c}x{r}")).await?,
+            Ev::Resize(t, c, r) => {
+                if self.feed.receiver_count() > 0 {
+                    let _ = self.feed.send(Feed::Resize(c, r));
+                }
+                self.line(t, "r", &format!("{c}x{r}")).await?
+            }
         }
         let done = match &mut self.tracker {
             Tracker::Sftp(s) => s.take_done(),
@@ -662,13 +701,19 @@ impl Writer {
         mut self,
         mut rx: mpsc::Receiver<Vec<Ev>>,
         fail: watch::Sender<Option<String>>,
+        mut joins: mpsc::Receiver<crate::live::JoinRequest>,
     ) -> anyhow::Result<String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let res: std::io::Result<()> = async {
             let mut busy = false;
+            let mut joinable = true;
             loop {
                 tokio::select! {
+                    req = joins.recv(), if joinable => match req {
+                        Some(reply) => self.join(reply).await?,
+                        None => joinable = false,
+                    },
                     batch = rx.recv() => {
                         let Some(batch) = batch else { break };
                         for ev in batch {
@@ -709,6 +754,7 @@ impl Writer {
             self.sink.sync().await
         }
         .await;
+        self.app.feeds.unregister(&self.session);
         match res {
             Ok(()) => Ok(hex::encode(self.hasher.finalize())),
             Err(e) => {

@@ -119,7 +119,7 @@ impl ChannelTask {
         };
         let mut eof_seen = false;
         let Some(target_name) = self.target.clone() else {
-            return self.gateway_command(&app, &user, &wr).await;
+            return self.gateway_command(&app, &user, &mut rd, &wr).await;
         };
         let target = match targets::get(&app, &target_name).await {
             Ok(t) => t,
@@ -154,9 +154,13 @@ impl ChannelTask {
         self.connect_and_relay(app, target, grant, idle, rd, wr, eof_seen).await;
     }
 
-    async fn gateway_command(&self, app: &App, user: &User, wr: &Wr) {
+    async fn gateway_command(&self, app: &App, user: &User, rd: &mut ChannelReadHalf, wr: &Wr) {
         let out = match &self.kind {
-            ChannelKind::Exec(cmd) => commands::run(app, user, cmd).await,
+            ChannelKind::Exec(cmd) => match commands::watch_arg(cmd) {
+                Some(Ok(id)) => commands::watch(app, user, &id, rd, wr).await,
+                Some(Err(usage)) => usage,
+                None => commands::run(app, user, cmd).await,
+            },
             ChannelKind::Shell => {
                 let mut text = commands::help(user);
                 text.push_str("\nNo target named: connect as USER@TARGET@gateway, or run one of the commands above.\n");

@@ -188,6 +188,9 @@ pub fn help(who: &User) -> String {
         s.push_str("  deny ID [--reason TEXT]                  deny a request\n");
         s.push_str("  revoke ID [--grant]                      end a request's grant and its sessions\n");
     }
+    if crate::live::may_watch(who) {
+        s.push_str("  watch SESSION                            watch a live session (read-only; q or Ctrl-C leaves)\n");
+    }
     s.push_str("\nEvery command accepts --json. Example: ssh -p 2222 ");
     s.push_str(&who.name);
     s.push_str("@gateway requests --pending\n");
@@ -352,6 +355,86 @@ async fn execute(app: &App, who: &User, cmd: Cmd, json: bool) -> Result<Output, 
             }
         }
     })
+}
+
+/// The session id when `line_text` is `watch SESSION`; `Err` with the usage error otherwise
+/// (`None`: not a watch command).
+pub fn watch_arg(line_text: &str) -> Option<Result<String, Output>> {
+    let argv = split(line_text).ok()?;
+    if argv.first().map(String::as_str) != Some("watch") {
+        return None;
+    }
+    Some(match argv.as_slice() {
+        [_, id] if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(id.to_ascii_lowercase()),
+        [_, id] => Err(fail(
+            format!("invalid session id {:?}: give all 32 hex digits", id.chars().take(40).collect::<String>()),
+            2,
+        )),
+        _ => Err(fail("usage: watch SESSION (the 32-hex-digit id from `penstock sessions` or the console)", 2)),
+    })
+}
+
+/// `watch SESSION`: streams the live session's screen, as the core's terminal emulator renders
+/// it, to the manager's or auditor's terminal until the session ends, the viewer presses q or
+/// Ctrl-C, or closes the channel. Nothing the viewer types reaches the session.
+pub async fn watch(
+    app: &App,
+    who: &User,
+    id: &str,
+    rd: &mut russh::ChannelReadHalf,
+    wr: &russh::ChannelWriteHalf<russh::server::Msg>,
+) -> Output {
+    use crate::live::{Seen, Watcher};
+    use bytes::Bytes;
+    let mut w = match Watcher::start(app, who, id, "ssh").await {
+        Ok(w) => w,
+        Err(e) => return err_out(e),
+    };
+    let intro = format!("\x1b[H\x1b[2J{}", String::from_utf8_lossy(&w.screen().screen().contents_formatted()));
+    if wr.data_bytes(Bytes::from(intro)).await.is_err() {
+        return Output::default();
+    }
+    let _ = wr
+        .extended_data_bytes(
+            1,
+            Bytes::from(format!("\r\n[penstock] watching {} ({id}); q or Ctrl-C leaves\r\n", w.title)),
+        )
+        .await;
+    let mut prev = w.screen().screen().clone();
+    let mut reading = true;
+    let ended = loop {
+        tokio::select! {
+            seen = w.next() => {
+                let cur = w.screen().screen();
+                let bytes = match seen {
+                    Seen::Ended => break true,
+                    Seen::Changed => cur.contents_diff(&prev),
+                    Seen::Resynced => {
+                        let mut b = b"\x1b[H\x1b[2J".to_vec();
+                        b.extend_from_slice(&cur.contents_formatted());
+                        b
+                    }
+                };
+                prev = cur.clone();
+                if !bytes.is_empty() && wr.data_bytes(Bytes::from(bytes)).await.is_err() {
+                    break false;
+                }
+            }
+            msg = rd.wait(), if reading => match msg {
+                Some(russh::ChannelMsg::Data { data }) => {
+                    if data.iter().any(|b| matches!(b, 0x03 | 0x04 | b'q' | b'Q')) {
+                        break false;
+                    }
+                }
+                // Input closed (a client without a terminal): keep watching.
+                Some(russh::ChannelMsg::Eof) => reading = false,
+                None | Some(russh::ChannelMsg::Close) => break false,
+                Some(_) => {}
+            }
+        }
+    };
+    let note = if ended { "the session ended" } else { "stopped watching" };
+    Output { stdout: String::new(), stderr: format!("\n[penstock] {note}\n"), code: 0 }
 }
 
 #[cfg(test)]

@@ -530,7 +530,8 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Penstock API", description = "Requests, approvals, grants, sessions, search and audit of a Penstock gateway. \
         Authenticate with `Authorization: Bearer TOKEN` (`penstock token create`); every call acts with the token's user's role."),
-    paths(whoami, list_requests, create_request, get_request, approve, deny, list_grants, revoke, list_sessions, kill, search_sessions, audit_log),
+    paths(whoami, list_requests, create_request, get_request, approve, deny, list_grants, revoke, list_sessions, kill, search_sessions, audit_log,
+        super::audit::api_recordings, super::audit::api_recording, super::audit::api_evidence),
     modifiers(&BearerAuth),
     security(("token" = [])),
 )]
@@ -558,5 +559,6 @@ pub(super) fn routes() -> Router<Web> {
         .route("/sessions/{id}/kill", post(kill))
         .route("/search", get(search_sessions))
         .route("/audit", get(audit_log))
+        .merge(super::audit::api_routes())
         .fallback(not_found)
 }

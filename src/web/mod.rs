@@ -4,6 +4,9 @@
 //! rules of its own beyond "which role may reach which route".
 
 mod api;
+mod assets;
+mod audit;
+mod live;
 mod pages;
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,7 +177,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
         ("strict-transport-security", "max-age=31536000"),
         (
             "content-security-policy",
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
@@ -182,7 +185,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
         ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
-        h.insert(k, HeaderValue::from_static(v));
+        // A page may set a stricter or wider CSP (the replay page allows the player's
+        // WebAssembly) and assets their own cache lifetime.
+        if !(h.contains_key(k) && (k == "content-security-policy" || k == "cache-control")) {
+            h.insert(k, HeaderValue::from_static(v));
+        }
     }
     res
 }
@@ -190,6 +197,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
 fn router(web: Web) -> Router {
     Router::new()
         .merge(pages::routes())
+        .merge(live::routes())
+        .merge(assets::routes())
+        .merge(audit::routes())
         .nest("/api/v1", api::routes())
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))
@@ -292,7 +302,8 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(peer = %peer, error = %e, "web connection ended with an error");
     }

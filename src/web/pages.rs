@@ -21,7 +21,7 @@ use crate::{console_sessions, sessions, targets, users};
 const STYLE: &str = include_str!("style.css");
 
 /// An error as a page: the login page for an unauthenticated caller, else a message.
-fn page_error(e: WebError) -> Response {
+pub(super) fn page_error(e: WebError) -> Response {
     if matches!(e, WebError::Unauthenticated) {
         return Redirect::to("/login").into_response();
     }
@@ -36,7 +36,7 @@ fn page_error(e: WebError) -> Response {
 }
 
 /// The frame of every page of a logged-in user.
-async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
+pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
     let mine = (!c.sees_all()).then_some(c.user.id);
     let pending = requests::list(&web.app, mine, true).await?.len();
     let csrf = c.session.as_ref().map(|s| s.csrf.as_str()).unwrap_or("");
@@ -46,7 +46,7 @@ async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Respon
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
          <header><nav aria-label=\"Main\"><a href=\"/requests\">Requests <span class=\"badge\" id=\"pending-count\" \
          aria-label=\"{pending} pending\">{pending}</span></a> <a href=\"/grants\">Grants</a> <a href=\"/sessions\">Sessions</a> \
-         <a href=\"/account\">Account</a></nav>\
+         <a href=\"/audit/sessions\">Recordings</a> {log}<a href=\"/account\">Account</a></nav>\
          <div class=\"who\">{u} ({r}) <form method=\"post\" action=\"/logout\" class=\"inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Log out</button></form></div></header>\
          <main><h1>{t}</h1>{body}</main></body></html>",
@@ -54,6 +54,11 @@ async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Respon
         u = esc(&c.user.name),
         r = c.user.role,
         csrf = esc(csrf),
+        log = if matches!(c.user.role, users::Role::Auditor | users::Role::Admin) {
+            "<a href=\"/audit/log\">Audit log</a> "
+        } else {
+            ""
+        },
     );
     Ok(Html(html).into_response())
 }
@@ -461,6 +466,9 @@ async fn sessions_page(State(web): State<Web>, h: HeaderMap, Query(d): Query<Don
                 up = s.bytes_up,
                 down = s.bytes_down
             );
+            if crate::live::may_watch(&c.user) {
+                let _ = write!(body, " · <a href=\"/sessions/{id}/watch\">Watch {u}'s session</a>", id = esc(&s.id), u = esc(&s.user));
+            }
             if c.may_act() {
                 let _ = write!(
                     body,

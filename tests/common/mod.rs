@@ -16,6 +16,7 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub mod live;
 pub mod postgres;
 pub mod s3;
 pub mod sshd;

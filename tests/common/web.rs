@@ -238,6 +238,11 @@ impl Live {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// The process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_timeout(&mut self.child, timeout)
     }
