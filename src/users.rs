@@ -332,6 +332,16 @@ pub async fn keys(app: &App, user_id: i64) -> Result<Vec<(String, String)>> {
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
+/// `YYYY-MM-DD` as an account expiry: the account works through the whole given day (UTC).
+pub fn expiry_from_date(s: &str) -> Result<i64> {
+    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| invalid(format!("invalid expiry {:?}: expected YYYY-MM-DD", s.chars().take(20).collect::<String>())))?;
+    d.succ_opt()
+        .and_then(|n| n.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp())
+        .ok_or_else(|| invalid("expiry date out of range"))
+}
+
 /// Maps a unique-constraint violation to [`Error::Conflict`].
 pub fn conflict_or(e: sqlx::Error, msg: impl FnOnce() -> String) -> Error {
     let unique = match &e {

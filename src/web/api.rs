@@ -260,7 +260,7 @@ fn csrf_header(h: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates a state change (with the CSRF check for console sessions).
-async fn acting(web: &Web, h: &HeaderMap) -> Result<Caller, WebError> {
+pub(super) async fn acting(web: &Web, h: &HeaderMap) -> Result<Caller, WebError> {
     let c = caller(web, h).await?;
     check_csrf(&c, csrf_header(h))?;
     Ok(c)
@@ -537,7 +537,10 @@ impl Modify for BearerAuth {
 struct ApiDoc;
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::vendor::VendorApi::openapi());
+    doc.merge(super::admin::AdminApi::openapi());
+    Json(doc)
 }
 
 async fn not_found() -> WebError {

@@ -3,8 +3,10 @@
 //! (`auth`, `console_sessions`, `tokens`, `access`, `sessions`, `search`, `audit`) and keeps no
 //! rules of its own beyond "which role may reach which route".
 
+mod admin;
 mod api;
 mod pages;
+mod vendor;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -190,7 +192,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
 fn router(web: Web) -> Router {
     Router::new()
         .merge(pages::routes())
-        .nest("/api/v1", api::routes())
+        .merge(vendor::routes())
+        .merge(admin::routes())
+        .nest("/api/v1", api::routes().merge(vendor::api_routes()).merge(admin::api_routes()))
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

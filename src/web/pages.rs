@@ -21,7 +21,7 @@ use crate::{console_sessions, sessions, targets, users};
 const STYLE: &str = include_str!("style.css");
 
 /// An error as a page: the login page for an unauthenticated caller, else a message.
-fn page_error(e: WebError) -> Response {
+pub(super) fn page_error(e: WebError) -> Response {
     if matches!(e, WebError::Unauthenticated) {
         return Redirect::to("/login").into_response();
     }
@@ -36,7 +36,7 @@ fn page_error(e: WebError) -> Response {
 }
 
 /// The frame of every page of a logged-in user.
-async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
+pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Response, WebError> {
     let mine = (!c.sees_all()).then_some(c.user.id);
     let pending = requests::list(&web.app, mine, true).await?.len();
     let csrf = c.session.as_ref().map(|s| s.csrf.as_str()).unwrap_or("");
@@ -46,7 +46,7 @@ async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Respon
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
          <header><nav aria-label=\"Main\"><a href=\"/requests\">Requests <span class=\"badge\" id=\"pending-count\" \
          aria-label=\"{pending} pending\">{pending}</span></a> <a href=\"/grants\">Grants</a> <a href=\"/sessions\">Sessions</a> \
-         <a href=\"/account\">Account</a></nav>\
+         <a href=\"/account\">Account</a>{extra}</nav>\
          <div class=\"who\">{u} ({r}) <form method=\"post\" action=\"/logout\" class=\"inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Log out</button></form></div></header>\
          <main><h1>{t}</h1>{body}</main></body></html>",
@@ -54,6 +54,7 @@ async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Result<Respon
         u = esc(&c.user.name),
         r = c.user.role,
         csrf = esc(csrf),
+        extra = super::vendor::nav_links(c),
     );
     Ok(Html(html).into_response())
 }
@@ -137,8 +138,8 @@ async fn login(
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
-    csrf: Option<String>,
+pub(super) struct CsrfForm {
+    pub(super) csrf: Option<String>,
 }
 
 fn clear_cookie() -> (header::HeaderName, String) {
@@ -162,7 +163,7 @@ async fn logout(State(web): State<Web>, h: HeaderMap, Form(f): Form<CsrfForm>) -
 }
 
 /// Authenticates a page request.
-async fn page_caller(web: &Web, h: &HeaderMap) -> Result<Caller, Response> {
+pub(super) async fn page_caller(web: &Web, h: &HeaderMap) -> Result<Caller, Response> {
     caller(web, h).await.map_err(page_error)
 }
 
@@ -182,12 +183,13 @@ fn done_message(d: &Done) -> String {
         "killed" => "The session will end within two seconds.".to_string(),
         "ended" => format!("Console session {id} ended."),
         "all" => "All your console sessions ended; log in again.".to_string(),
+        "filed" => format!("Request {id} filed; you will see here when it is decided."),
         _ => return String::new(),
     };
     format!("<p class=\"ok\" role=\"status\">{}</p>", esc(&text))
 }
 
-fn window_text(web: &Web, p: &crate::policy::Policy, now: i64) -> String {
+pub(super) fn window_text(web: &Web, p: &crate::policy::Policy, now: i64) -> String {
     if p.windows.is_empty() {
         return "any time (no maintenance windows)".into();
     }
@@ -401,6 +403,9 @@ async fn grants_page(State(web): State<Web>, h: HeaderMap, Query(d): Query<Done>
                 until = time_html(web.tz, g.valid_until),
                 by = esc(&g.created_by)
             );
+            if g.user == c.user.name {
+                let _ = write!(body, " <a href=\"/grants/{id}\">How to connect to {t}</a>", id = g.id, t = esc(&g.target));
+            }
             if c.may_act() {
                 let _ = write!(
                     body,
