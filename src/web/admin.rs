@@ -32,6 +32,12 @@ fn admin_only(c: &Caller, what: &str) -> Result<(), WebError> {
     }
 }
 
+/// Parses a JSON body after the caller was authenticated (so a stranger gets 401, not a parse
+/// error).
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, WebError> {
+    serde_json::from_slice(body).map_err(|e| WebError::Core(invalid(format!("invalid JSON body: {e}"))))
+}
+
 fn opt(s: &Option<String>) -> Option<String> {
     s.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
 }
@@ -350,10 +356,11 @@ async fn api_users(State(web): State<Web>, h: HeaderMap) -> Result<Json<Vec<ApiU
 async fn api_add_user(
     State(web): State<Web>,
     h: HeaderMap,
-    Json(b): Json<NewUserBody>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ApiEnrolment>), WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "add users")?;
+    let b: NewUserBody = json_body(&body)?;
     let (u, uri, generated) = add_user(&web, &c, b).await?;
     let user = api_user(&web, u).await?;
     Ok((
@@ -393,10 +400,11 @@ async fn api_add_key(
     State(web): State<Web>,
     h: HeaderMap,
     Path(name): Path<String>,
-    Json(b): Json<KeyBody>,
+    body: axum::body::Bytes,
 ) -> Result<Json<ApiUser>, WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "add keys")?;
+    let b: KeyBody = json_body(&body)?;
     users::add_key(&web.app, &c.user.name, &name, b.key.trim()).await?;
     Ok(Json(api_user(&web, users::get(&web.app, &name).await?).await?))
 }
@@ -409,10 +417,11 @@ async fn api_remove_key(
     State(web): State<Web>,
     h: HeaderMap,
     Path(name): Path<String>,
-    Json(b): Json<KeyRemoveBody>,
+    body: axum::body::Bytes,
 ) -> Result<Json<ApiUser>, WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "remove keys")?;
+    let b: KeyRemoveBody = json_body(&body)?;
     users::remove_key(&web.app, &c.user.name, &name, b.fingerprint.trim()).await?;
     Ok(Json(api_user(&web, users::get(&web.app, &name).await?).await?))
 }
@@ -426,9 +435,10 @@ async fn api_targets(State(web): State<Web>, h: HeaderMap) -> Result<Json<Vec<Ap
 
 #[utoipa::path(post, path = "/api/v1/targets/fetch-identity", tag = "targets", request_body = FetchBody,
     responses((status = 200, body = ApiFetched), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn api_fetch(State(web): State<Web>, h: HeaderMap, Json(b): Json<FetchBody>) -> Result<Json<ApiFetched>, WebError> {
+async fn api_fetch(State(web): State<Web>, h: HeaderMap, body: axum::body::Bytes) -> Result<Json<ApiFetched>, WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "fetch target identities")?;
+    let b: FetchBody = json_body(&body)?;
     let protocol = opt(&b.protocol).unwrap_or_else(|| "ssh".into());
     let f = targets::fetch_identity(&web.app, &protocol, b.address.trim(), b.legacy_crypto.unwrap_or(false)).await?;
     Ok(Json(ApiFetched { protocol: f.protocol, address: f.address, host_key: f.host_key, fingerprint: f.fingerprint }))
@@ -440,10 +450,11 @@ async fn api_fetch(State(web): State<Web>, h: HeaderMap, Json(b): Json<FetchBody
 async fn api_add_target(
     State(web): State<Web>,
     h: HeaderMap,
-    Json(b): Json<NewTargetBody>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ApiTarget>), WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "add targets")?;
+    let b: NewTargetBody = json_body(&body)?;
     let t = add_target(&web, &c, b).await?;
     let row = targets_list(&web, &c)
         .await?

@@ -540,7 +540,49 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::vendor::VendorApi::openapi());
     doc.merge(super::admin::AdminApi::openapi());
+    // Every operation may answer 400 (a malformed id, query or body) and 401 (no or a bad token).
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for (code, what) in [("400", "bad input"), ("401", "log in first")] {
+                op.responses.responses.entry(code.to_string()).or_insert_with(|| {
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description(what)
+                        .content(
+                            "application/json",
+                            utoipa::openapi::content::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                                "ApiError",
+                            ))),
+                        )
+                        .build()
+                        .into()
+                });
+            }
+        }
+    }
     Json(doc)
+}
+
+/// Rejections of malformed input by axum's extractors (plain text, 415/422) become the API's
+/// JSON error with 400, so every error of the API has one shape.
+pub(super) async fn json_errors(res: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json || status == StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let status = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    let text = axum::body::to_bytes(res.into_body(), 4096).await.unwrap_or_default();
+    let msg: String = String::from_utf8_lossy(&text).trim().chars().take(300).collect();
+    let msg = if msg.is_empty() { status.canonical_reason().unwrap_or("bad request").to_string() } else { msg };
+    (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
 async fn not_found() -> WebError {

@@ -194,7 +194,13 @@ fn router(web: Web) -> Router {
         .merge(pages::routes())
         .merge(vendor::routes())
         .merge(admin::routes())
-        .nest("/api/v1", api::routes().merge(vendor::api_routes()).merge(admin::api_routes()))
+        .nest(
+            "/api/v1",
+            api::routes()
+                .merge(vendor::api_routes())
+                .merge(admin::api_routes())
+                .layer(axum::middleware::map_response(api::json_errors)),
+        )
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

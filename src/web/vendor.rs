@@ -428,10 +428,11 @@ async fn api_reveal(
     Extension(peer): Extension<Peer>,
     h: HeaderMap,
     Path(id): Path<i64>,
-    Json(b): Json<CodeBody>,
+    body: axum::body::Bytes,
 ) -> Result<Json<ApiCredential>, WebError> {
     let c = acting(&web, &h).await?;
     let (_, t) = own_grant(&web, &c, id).await?;
+    let b: CodeBody = super::admin::json_body(&body)?;
     let cred = requests::reveal_credential(&web.app, &c.user, id, &b.code, peer.0.ip(), "api").await?;
     Ok(Json(ApiCredential { grant_id: id, target: t.name, credential: cred.expose_str().unwrap_or("").to_string() }))
 }
