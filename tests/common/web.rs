@@ -244,7 +244,7 @@ impl Live {
 }
 
 impl Drop for Live {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
