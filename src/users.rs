@@ -272,6 +272,9 @@ pub async fn reset_mfa(app: &App, actor: &str, name: &str) -> Result<Enrolment> 
 /// Disables a user.
 pub async fn disable(app: &App, actor: &str, name: &str) -> Result<()> {
     let user = get(app, name).await?;
+    if user.name == actor {
+        return Err(invalid("you cannot disable your own account (another admin or the CLI can)"));
+    }
     let mut tx = app.store.begin_write().await?;
     sqlx::query("UPDATE users SET disabled = 1 WHERE id = $1").bind(user.id).execute(&mut *tx).await?;
     audit::append(&mut tx, &*app.clock, actor, &Event::UserDisabled { user: user.name }).await?;
