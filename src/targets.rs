@@ -440,7 +440,12 @@ pub async fn fetch_identity(app: &App, protocol: &str, address: &str, legacy_cry
             let f = crate::rdp::target::fetch_cert(&host, port, timeout)
                 .await
                 .map_err(|e| invalid(format!("cannot fetch the certificate of {address}: {e:#}")))?;
-            Ok(Fetched { protocol: "rdp".into(), address: address.to_string(), host_key: None, fingerprint: f.thumbprint })
+            Ok(Fetched {
+                protocol: "rdp".into(),
+                address: address.to_string(),
+                host_key: None,
+                fingerprint: f.thumbprint,
+            })
         }
         other => Err(invalid(format!("unsupported protocol {other:?} (supported: ssh, rdp)"))),
     }

@@ -337,8 +337,9 @@ pub async fn keys(app: &App, user_id: i64) -> Result<Vec<(String, String)>> {
 
 /// `YYYY-MM-DD` as an account expiry: the account works through the whole given day (UTC).
 pub fn expiry_from_date(s: &str) -> Result<i64> {
-    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .map_err(|_| invalid(format!("invalid expiry {:?}: expected YYYY-MM-DD", s.chars().take(20).collect::<String>())))?;
+    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
+        invalid(format!("invalid expiry {:?}: expected YYYY-MM-DD", s.chars().take(20).collect::<String>()))
+    })?;
     d.succ_opt()
         .and_then(|n| n.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc().timestamp())

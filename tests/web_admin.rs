@@ -169,7 +169,14 @@ fn vendor_and_admin_routes(b: Backend) {
 
     // Fetch the Lab sshd's host key, then pin it.
     let fetch = json!({ "address": lab.sshd.address() });
-    check_route(&web, &tokens, "POST", "/api/v1/targets/fetch-identity", Some(fetch.clone()), [403, 403, 403, 403, 200]);
+    check_route(
+        &web,
+        &tokens,
+        "POST",
+        "/api/v1/targets/fetch-identity",
+        Some(fetch.clone()),
+        [403, 403, 403, 403, 200],
+    );
     let f = web.post_json("/api/v1/targets/fetch-identity", Auth::Token(tad), fetch).json();
     assert_eq!(f["fingerprint"].as_str(), Some(sshd_fp.as_str()), "{f}");
     let host_key = f["host_key"].as_str().expect("host key").to_string();
@@ -214,7 +221,13 @@ fn vendor_and_admin_routes(b: Backend) {
     let (vc, vcsrf) = (cookies[0].0.as_str(), cookies[0].1.as_str());
     let (adc, adcsrf) = (cookies[4].0.as_str(), cookies[4].1.as_str());
     for p in ["/admin/users", "/admin/targets", "/admin/policies"] {
-        check_page(&web, &only_cookies, p, [403, 403, 403, 403, 200], &["web-made", "Add a target", "Targets governed"]);
+        check_page(
+            &web,
+            &only_cookies,
+            p,
+            [403, 403, 403, 403, 200],
+            &["web-made", "Add a target", "Targets governed"],
+        );
     }
     check_page(&web, &only_cookies, "/requests/new", [200, 200, 200, 403, 200], &[]);
     let page = web.get("/policies-not-here", Auth::Cookie(adc, None));
@@ -232,7 +245,12 @@ fn vendor_and_admin_routes(b: Backend) {
     assert!(form.body.contains(&format!("id=\"target-{TARGET}\"")) && form.body.contains("2h"), "{}", form.body);
     assert!(form.body.contains("any time (no maintenance windows)"), "{}", form.body);
     let fields = |d: &str, csrf: &str| -> Vec<(&'static str, String)> {
-        vec![("csrf", csrf.to_string()), ("target", TARGET.to_string()), ("duration", d.to_string()), ("reason", "CHG-9001 <i>form</i>".into())]
+        vec![
+            ("csrf", csrf.to_string()),
+            ("target", TARGET.to_string()),
+            ("duration", d.to_string()),
+            ("reason", "CHG-9001 <i>form</i>".into()),
+        ]
     };
     let post = |f: Vec<(&str, String)>| {
         let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -244,13 +262,19 @@ fn vendor_and_admin_routes(b: Backend) {
     assert!(r.body.contains("CHG-9001 &lt;i&gt;form&lt;/i&gt;</textarea>"), "the form lost the reason: {}", r.body);
     let r = post(fields("30m", "wrong-csrf"));
     assert_eq!(r.status, 403, "a request without the CSRF token was filed: {}", r.body);
-    let r = post(vec![("csrf", vcsrf.to_string()), ("target", "no-such-plc".into()), ("duration", "1h".into()), ("reason", "x".into())]);
+    let r = post(vec![
+        ("csrf", vcsrf.to_string()),
+        ("target", "no-such-plc".into()),
+        ("duration", "1h".into()),
+        ("reason", "x".into()),
+    ]);
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(web.get("/api/v1/requests", Auth::Token(tv1)).body, "[]");
     let r = post(fields("30m", vcsrf));
     assert_eq!(r.status, 303, "{}", r.body);
     let loc = r.header("location").unwrap_or_default();
-    let id: i64 = loc.strip_prefix("/requests?done=filed-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{loc}"));
+    let id: i64 =
+        loc.strip_prefix("/requests?done=filed-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{loc}"));
     let shown = web.get(&loc, Auth::Cookie(vc, None)).body;
     assert!(shown.contains(&format!("Request {id} filed")), "{shown}");
     let req = web.get(&format!("/api/v1/requests/{id}"), Auth::Token(tv1)).json();
@@ -264,7 +288,10 @@ fn vendor_and_admin_routes(b: Backend) {
     let ci = web.get(&format!("/api/v1/grants/{gid}/connect"), Auth::Token(tv1)).json();
     let ssh_line = format!("ssh -p {} {}@{TARGET}@127.0.0.1", lab.port(), v1.name());
     assert_eq!(ci["ssh_command"].as_str(), Some(ssh_line.as_str()), "{ci}");
-    assert_eq!((ci["protocol"].as_str(), ci["has_credential"].as_bool(), ci["live"].as_bool()), (Some("ssh"), Some(true), Some(true)));
+    assert_eq!(
+        (ci["protocol"].as_str(), ci["has_credential"].as_bool(), ci["live"].as_bool()),
+        (Some("ssh"), Some(true), Some(true))
+    );
     let grants = web.get("/grants", Auth::Cookie(vc, None)).body;
     assert!(grants.contains(&format!("href=\"/grants/{gid}\"")), "{grants}");
     let gp = web.get(&format!("/grants/{gid}"), Auth::Cookie(vc, None));
@@ -276,14 +303,26 @@ fn vendor_and_admin_routes(b: Backend) {
     // it works as the SSH password.
     let reveal = format!("/api/v1/grants/{gid}/credential");
     check_route(&web, &tokens, "POST", &reveal, Some(json!({ "code": v1.v.wrong_code() })), [403, 404, 404, 404, 404]);
-    let r = web.post_form(&format!("/grants/{gid}/credential"), Auth::Cookie(vc, None), &[("csrf", "bad"), ("code", "123456")]);
+    let r = web.post_form(
+        &format!("/grants/{gid}/credential"),
+        Auth::Cookie(vc, None),
+        &[("csrf", "bad"), ("code", "123456")],
+    );
     assert_eq!(r.status, 403, "{}", r.body);
     let code = v1.fresh_code();
-    let r = web.post_form(&format!("/grants/{gid}/credential"), Auth::Cookie(vc, None), &[("csrf", vcsrf), ("code", &code)]);
+    let r = web.post_form(
+        &format!("/grants/{gid}/credential"),
+        Auth::Cookie(vc, None),
+        &[("csrf", vcsrf), ("code", &code)],
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let credential = unescape(&element_text(&r.body, "grant-credential"));
     assert!(credential.len() >= 16, "{credential}");
-    let r = web.post_form(&format!("/grants/{gid}/credential"), Auth::Cookie(vc, None), &[("csrf", vcsrf), ("code", &code)]);
+    let r = web.post_form(
+        &format!("/grants/{gid}/credential"),
+        Auth::Cookie(vc, None),
+        &[("csrf", vcsrf), ("code", &code)],
+    );
     assert_eq!(r.status, 403, "a used code showed the credential again: {}", r.body);
     assert!(!r.body.contains(&credential));
     let r = web.post_json(&reveal, Auth::Token(tv1), json!({ "code": v1.fresh_code() }));
@@ -293,9 +332,10 @@ fn vendor_and_admin_routes(b: Backend) {
     assert_eq!(shown.len(), 2, "{shown:?}");
     assert!(shown.iter().all(|e| e["actor"] == v1.name() && e["details"]["grant_id"] == gid));
     assert_eq!(shown.iter().map(|e| e["details"]["via"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["web", "api"]);
-    assert!(lab.audit_events("login.failed").iter().any(|e| e["details"]["reason"]
-        .as_str()
-        .is_some_and(|r| r.starts_with("grant credential: wrong or reused"))));
+    assert!(lab
+        .audit_events("login.failed")
+        .iter()
+        .any(|e| e["details"]["reason"].as_str().is_some_and(|r| r.starts_with("grant credential: wrong or reused"))));
     let mut c = lab.client_with("ssh", &Answers { password: credential.clone(), code: v1.fresh_code() }, None);
     c.arg(lab.dest(&v1.v)).arg("echo via-grant-credential");
     let o = common::sshd::run(&mut c, b"", T);
@@ -304,8 +344,20 @@ fn vendor_and_admin_routes(b: Backend) {
 
     // An RDP target: the grant page offers an .rdp file for the holder only.
     lab.install.ok_stdin(
-        &["target", "add", "hmi-web", "--protocol", "rdp", "--address", "127.0.0.1:3399", "--login", "maint",
-          "--password-stdin", "--cert-sha256", &"ab".repeat(32)],
+        &[
+            "target",
+            "add",
+            "hmi-web",
+            "--protocol",
+            "rdp",
+            "--address",
+            "127.0.0.1:3399",
+            "--login",
+            "maint",
+            "--password-stdin",
+            "--cert-sha256",
+            &"ab".repeat(32),
+        ],
         b"Hmi-Secret-0815\n",
     );
     let rg = lab.grant(v1.name(), "hmi-web", "1h");
@@ -313,18 +365,33 @@ fn vendor_and_admin_routes(b: Backend) {
     assert_eq!(rdp.status, 200, "{}", rdp.body);
     assert!(rdp.header("content-type").is_some_and(|c| c.starts_with("application/x-rdp")), "{}", rdp.headers);
     assert!(rdp.header("content-disposition").is_some_and(|c| c.contains("hmi-web.rdp")), "{}", rdp.headers);
-    assert!(rdp.body.contains("full address:s:127.0.0.1:") && rdp.body.contains(&format!("username:s:{}@hmi-web", v1.name())), "{}", rdp.body);
+    assert!(
+        rdp.body.contains("full address:s:127.0.0.1:")
+            && rdp.body.contains(&format!("username:s:{}@hmi-web", v1.name())),
+        "{}",
+        rdp.body
+    );
     let other = web.get(&format!("/grants/{rg}/rdp"), Auth::Cookie(&cookies[1].0, None));
     assert_eq!(other.status, 404, "{}", other.body);
     assert!(!other.body.contains("full address"));
-    assert_eq!(web.get(&format!("/grants/{gid}/rdp"), Auth::Cookie(vc, None)).status, 400, "an .rdp file for an SSH target");
+    assert_eq!(
+        web.get(&format!("/grants/{gid}/rdp"), Auth::Cookie(vc, None)).status,
+        400,
+        "an .rdp file for an SSH target"
+    );
     let gp = web.get(&format!("/grants/{rg}"), Auth::Cookie(vc, None)).body;
     assert!(gp.contains(&format!("href=\"/grants/{rg}/rdp\"")) && gp.contains("has no grant credential"), "{gp}");
 
     // A session's page: its vendor and the roles that see everything; another vendor gets 403
     // and none of it.
     let sid = lab.sessions_of(v1.name())[0]["id"].as_str().expect("session id").to_string();
-    check_page(&web, &only_cookies, &format!("/sessions/{sid}/summary"), [200, 403, 200, 200, 200], &[v1.name(), TARGET, &sid]);
+    check_page(
+        &web,
+        &only_cookies,
+        &format!("/sessions/{sid}/summary"),
+        [200, 403, 200, 200, 200],
+        &[v1.name(), TARGET, &sid],
+    );
     assert_eq!(web.get("/sessions/not-an-id/summary", Auth::Cookie(vc, None)).status, 400);
 
     // Admin forms: CSRF on each; a user added from the page shows its enrolment once.
@@ -349,16 +416,24 @@ fn vendor_and_admin_routes(b: Backend) {
     assert!(users_page.contains("id=\"user-form-made\"") && !users_page.contains("otpauth"), "{users_page}");
     let r = web.post_form("/admin/users/form-made/reset-mfa", Auth::Cookie(adc, None), &[("csrf", adcsrf)]);
     assert!(r.status == 200 && r.body.contains("otpauth://totp/"), "{}", r.body);
-    let r = web.post_form("/admin/users/form-made/keys", Auth::Cookie(adc, None), &[("csrf", adcsrf), ("key", &pubkey)]);
+    let r =
+        web.post_form("/admin/users/form-made/keys", Auth::Cookie(adc, None), &[("csrf", adcsrf), ("key", &pubkey)]);
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(web.get("/admin/users", Auth::Cookie(adc, None)).body.contains(&fp));
-    let r = web.post_form("/admin/users/form-made/keys/remove", Auth::Cookie(adc, None), &[("csrf", adcsrf), ("fingerprint", &fp)]);
+    let r = web.post_form(
+        "/admin/users/form-made/keys/remove",
+        Auth::Cookie(adc, None),
+        &[("csrf", adcsrf), ("fingerprint", &fp)],
+    );
     assert_eq!(r.status, 303, "{}", r.body);
     let r = web.post_form("/admin/users/form-made/disable", Auth::Cookie(adc, None), &[("csrf", "nope")]);
     assert_eq!(r.status, 403);
     let r = web.post_form("/admin/users/form-made/disable", Auth::Cookie(adc, None), &[("csrf", adcsrf)]);
     assert_eq!(r.status, 303, "{}", r.body);
-    assert!(lab.audit_events("user.disabled").iter().any(|e| e["actor"] == ad.name() && e["details"]["user"] == "form-made"));
+    assert!(lab
+        .audit_events("user.disabled")
+        .iter()
+        .any(|e| e["actor"] == ad.name() && e["details"]["user"] == "form-made"));
 
     // Adding a target from the page: fetch, compare, confirm.
     let r = web.post_form(
@@ -372,8 +447,15 @@ fn vendor_and_admin_routes(b: Backend) {
     let r = web.post_form(
         "/admin/targets",
         Auth::Cookie(adc, None),
-        &[("csrf", adcsrf), ("protocol", "ssh"), ("address", &lab.sshd.address()), ("host_key", &key),
-          ("name", "plc-form"), ("login", TARGET_LOGIN), ("password", TARGET_PASSWORD)],
+        &[
+            ("csrf", adcsrf),
+            ("protocol", "ssh"),
+            ("address", &lab.sshd.address()),
+            ("host_key", &key),
+            ("name", "plc-form"),
+            ("login", TARGET_LOGIN),
+            ("password", TARGET_PASSWORD),
+        ],
     );
     assert_eq!(r.status, 303, "{}", r.body);
     let tp = web.get(r.header("location").as_deref().unwrap_or("/admin/targets"), Auth::Cookie(adc, None)).body;
@@ -448,21 +530,27 @@ fn browser_vendor_request_credential_admin_pins_target() {
     assert_eq!(r.status, 200, "{}", r.body);
     let status = run.wait(Duration::from_secs(180));
     let out = run.text();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "browser run failed: {out} (screenshots in {})",
-        shots.display()
-    );
+    assert!(status.is_some_and(|s| s.success()), "browser run failed: {out} (screenshots in {})", shots.display());
     let ssh_line = format!("ssh line: ssh -p {} {}@{TARGET}@127.0.0.1", lab.port(), vendor.name);
-    for needle in [ssh_line.as_str(), "limit error shown", "credential shown", "other session refused: 403", &format!("pinned {sshd_fp}")] {
+    for needle in [
+        ssh_line.as_str(),
+        "limit error shown",
+        "credential shown",
+        "other session refused: 403",
+        &format!("pinned {sshd_fp}"),
+    ] {
         assert!(out.contains(needle), "no {needle:?} in the browser's output: {out}");
     }
-    for f in ["1-new-request.png", "2-grant.png", "3-credential.png", "4-refused.png", "5-confirm.png", "6-targets.png"] {
+    for f in ["1-new-request.png", "2-grant.png", "3-credential.png", "4-refused.png", "5-confirm.png", "6-targets.png"]
+    {
         let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 1000, "screenshot {f} missing or empty");
     }
     let shown = lab.audit_events("grant.credential_shown");
-    assert!(shown.len() == 1 && shown[0]["actor"] == vendor.name.as_str() && shown[0]["details"]["via"] == "web", "{shown:?}");
+    assert!(
+        shown.len() == 1 && shown[0]["actor"] == vendor.name.as_str() && shown[0]["details"]["via"] == "web",
+        "{shown:?}"
+    );
     assert!(lab.audit_events("target.added").iter().any(|e| e["actor"] == admin.name.as_str()
         && e["details"]["target"] == "plc-browser"
         && e["details"]["host_key_fingerprint"] == sshd_fp.as_str()));
@@ -501,7 +589,8 @@ fn schemathesis_api() {
             .args(["--checks", &checks, "--max-examples", "8", "--max-time", "40", "--workers", "2", "--no-color"])
             .args(["--phases", "examples,coverage,fuzzing", "--exclude-path", "/api/v1/targets/fetch-identity"])
             .args(["--request-timeout", "20", "--seed", "4711"])
-            .env("PYTHONWARNINGS", "ignore");
+            .env("PYTHONWARNINGS", "ignore")
+            .current_dir(lab.install.scratch());
         let o = common::sshd::run(&mut c, b"", Duration::from_secs(240));
         let text = format!("{}{}", stdout(&o), stderr(&o));
         assert!(o.status.success(), "schemathesis as {role} found problems:\n{text}");

@@ -642,9 +642,9 @@ pub async fn reveal_credential(
     if g.revoked_at.is_some() || g.valid_until <= now {
         return Err(invalid(format!("grant {grant_id} has ended; its credential no longer works")));
     }
-    let cred = grant_credential(app, g.id)
-        .await?
-        .ok_or_else(|| invalid(format!("grant {grant_id} has no grant credential (an admin grant: log in with your password)")))?;
+    let cred = grant_credential(app, g.id).await?.ok_or_else(|| {
+        invalid(format!("grant {grant_id} has no grant credential (an admin grant: log in with your password)"))
+    })?;
     match crate::auth::confirm_code(app, who, code, source, "grant credential").await {
         Ok(()) => {}
         Err(crate::auth::AuthError::Denied) => {

@@ -371,7 +371,11 @@ async fn api_add_user(
 
 #[utoipa::path(post, path = "/api/v1/users/{name}/disable", tag = "admin", params(("name" = String, Path, description = "User name")),
     responses((status = 200, body = ApiUser), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn api_disable(State(web): State<Web>, h: HeaderMap, Path(name): Path<String>) -> Result<Json<ApiUser>, WebError> {
+async fn api_disable(
+    State(web): State<Web>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ApiUser>, WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "disable users")?;
     users::disable(&web.app, &c.user.name, &name).await?;
@@ -389,7 +393,11 @@ async fn api_reset_mfa(
     admin_only(&c, "reset MFA")?;
     let enrol = users::reset_mfa(&web.app, &c.user.name, &name).await?;
     let user = api_user(&web, users::get(&web.app, &name).await?).await?;
-    Ok(Json(ApiEnrolment { user, otpauth_uri: enrol.otpauth_uri.expose_str().unwrap_or("").to_string(), password: None }))
+    Ok(Json(ApiEnrolment {
+        user,
+        otpauth_uri: enrol.otpauth_uri.expose_str().unwrap_or("").to_string(),
+        password: None,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{name}/keys", tag = "admin", params(("name" = String, Path, description = "User name")),
@@ -435,7 +443,11 @@ async fn api_targets(State(web): State<Web>, h: HeaderMap) -> Result<Json<Vec<Ap
 
 #[utoipa::path(post, path = "/api/v1/targets/fetch-identity", tag = "targets", request_body = FetchBody,
     responses((status = 200, body = ApiFetched), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn api_fetch(State(web): State<Web>, h: HeaderMap, body: axum::body::Bytes) -> Result<Json<ApiFetched>, WebError> {
+async fn api_fetch(
+    State(web): State<Web>,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ApiFetched>, WebError> {
     let c = acting(&web, &h).await?;
     admin_only(&c, "fetch target identities")?;
     let b: FetchBody = json_body(&body)?;
@@ -646,7 +658,8 @@ async fn enrolment_page(
         esc(uri.expose_str().unwrap_or(""))
     );
     if let Some(p) = password {
-        let _ = write!(body, "<p>Password (shown once):</p><pre><code id=\"new-password-shown\">{}</code></pre>", esc(p));
+        let _ =
+            write!(body, "<p>Password (shown once):</p><pre><code id=\"new-password-shown\">{}</code></pre>", esc(p));
     }
     body.push_str("<p><a href=\"/admin/users\">Back to users</a></p>");
     layout(web, c, title, &body).await
@@ -673,7 +686,8 @@ async fn add_user_form(State(web): State<Web>, h: HeaderMap, Form(f): Form<UserF
             password: f.password,
         };
         let (u, uri, generated) = add_user(&web, &c, b).await?;
-        enrolment_page(&web, &c, &format!("User {} added ({})", u.name, u.role), &u.name, &uri, generated.as_deref()).await
+        enrolment_page(&web, &c, &format!("User {} added ({})", u.name, u.role), &u.name, &uri, generated.as_deref())
+            .await
     }
     .await;
     res.unwrap_or_else(page_error)
@@ -719,7 +733,12 @@ struct KeyForm {
     fingerprint: Option<String>,
 }
 
-async fn add_key_form(State(web): State<Web>, h: HeaderMap, Path(name): Path<String>, Form(f): Form<KeyForm>) -> Response {
+async fn add_key_form(
+    State(web): State<Web>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<KeyForm>,
+) -> Response {
     let res = async {
         let c = admin_form_caller(&web, &h, f.csrf.as_deref(), "add keys").await?;
         Ok::<_, WebError>(users::add_key(&web.app, &c.user.name, &name, f.key.as_deref().unwrap_or("").trim()).await?)
@@ -870,10 +889,7 @@ async fn add_target_form(State(web): State<Web>, h: HeaderMap, Form(f): Form<Tar
     match res {
         Ok(t) => {
             let pinned = if t.protocol == "rdp" { t.cert_sha256.clone() } else { t.host_key_fingerprint() };
-            redirect_done(
-                "/admin/targets",
-                &format!("Target {} added; pinned {}.", t.name, pinned.unwrap_or_default()),
-            )
+            redirect_done("/admin/targets", &format!("Target {} added; pinned {}.", t.name, pinned.unwrap_or_default()))
         }
         Err(e) => page_error(e),
     }

@@ -452,7 +452,5 @@ pub(super) fn routes() -> Router<Web> {
 }
 
 pub(super) fn api_routes() -> Router<Web> {
-    Router::new()
-        .route("/grants/{id}/connect", get(api_connect))
-        .route("/grants/{id}/credential", post(api_reveal))
+    Router::new().route("/grants/{id}/connect", get(api_connect)).route("/grants/{id}/credential", post(api_reveal))
 }

@@ -250,7 +250,6 @@ impl Drop for Live {
     }
 }
 
-
 /// The roles of a route × role matrix, in order: vendor (owner), other vendor, manager, auditor,
 /// admin.
 pub const ROLES: [&str; 5] = ["vendor", "other vendor", "manager", "auditor", "admin"];
