@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::sshd::{now, Answers, Lab, TARGET};
+use common::sshd::{Answers, Lab, TARGET};
 use common::web::{token, urlenc, Auth, Live, Person, Web};
 use common::{stderr, stdout, Backend};
 use serde_json::{json, Value};
