@@ -209,6 +209,11 @@ fn vendor_and_admin_routes(b: Backend) {
         .iter()
         .any(|e| e["actor"] == ad.name() && e["details"]["host_key_fingerprint"] == sshd_fp.as_str()));
 
+    // A NUL byte in a search (schemathesis found a 500 there) is a clear 400.
+    let r = web.get("/api/v1/search?q=a%00b", Auth::Token(tm));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap_or("").contains("control characters"), "{}", r.body);
+
     // Policies (read-only) with the targets each governs.
     check_route(&web, &tokens, "GET", "/api/v1/policies", None, [403, 403, 403, 403, 200]);
     let pol = web.get("/api/v1/policies", Auth::Token(tad)).json();

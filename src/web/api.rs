@@ -468,6 +468,11 @@ async fn search_sessions(
     if p.q.trim().is_empty() || p.q.len() > 200 {
         return Err(Error::Invalid("give 1-200 characters to search for".into()).into());
     }
+    // A NUL byte made the store fail (500, found by schemathesis): no control characters.
+    let fields = [Some(&p.q), p.target.as_ref(), p.user.as_ref(), p.org.as_ref()];
+    if fields.iter().flatten().any(|f| f.chars().any(char::is_control)) {
+        return Err(Error::Invalid("search terms and filters may not contain control characters".into()).into());
+    }
     let q = search::Query { text: p.q, target: p.target, user: p.user, org: p.org, ..Default::default() };
     let found = search::search(&web.app, &q).await.map_err(Error::Other)?;
     Ok(Json(
