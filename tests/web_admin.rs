@@ -572,7 +572,8 @@ fn browser_vendor_request_credential_admin_pins_target() {
 /// The real schemathesis fuzzes every API operation from `/api/v1/openapi.json` with an admin
 /// token and with a vendor token: no 5xx, answers with the documented status codes, content
 /// types and schemas. Bounded in time (`--max-time`, few examples). The identity fetch is left
-/// out (it would contact whatever addresses the fuzzer makes up).
+/// out (it would contact whatever addresses the fuzzer makes up). One worker: with two,
+/// schemathesis itself sometimes fails (a thread-safety bug in hypothesis' lambda descriptions).
 #[test]
 fn schemathesis_api() {
     if Command::new("schemathesis").arg("--version").output().is_err() {
@@ -591,7 +592,7 @@ fn schemathesis_api() {
         let mut c = Command::new("schemathesis");
         c.args(["run", &format!("{base}/api/v1/openapi.json"), "--url", &base, "--tls-verify", "false"])
             .args(["-H", &format!("Authorization: Bearer {tok}")])
-            .args(["--checks", &checks, "--max-examples", "8", "--max-time", "40", "--workers", "2", "--no-color"])
+            .args(["--checks", &checks, "--max-examples", "8", "--max-time", "40", "--workers", "1", "--no-color"])
             .args(["--phases", "examples,coverage,fuzzing", "--exclude-path", "/api/v1/targets/fetch-identity"])
             .args(["--request-timeout", "20", "--seed", "4711"])
             .env("PYTHONWARNINGS", "ignore")
