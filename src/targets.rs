@@ -405,6 +405,52 @@ pub async fn credential(app: &App, target: &Target) -> Result<Secret> {
     Ok(app.vault.open(&secret_aad("target", target.id, &kind, version), &ct)?)
 }
 
+/// What a target presents before it is pinned: an SSH host key or an RDP certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fetched {
+    /// `ssh` or `rdp`.
+    pub protocol: String,
+    /// `host:port` as contacted.
+    pub address: String,
+    /// SSH: the host key (OpenSSH line), to pin after confirmation.
+    pub host_key: Option<String>,
+    /// SSH: `SHA256:…` fingerprint; RDP: the certificate's SHA-256 thumbprint (`AB:CD:…`).
+    pub fingerprint: String,
+}
+
+/// Contacts `address` and returns the identity it presents (for an admin to compare and confirm
+/// before [`add`] pins it). Nothing is stored.
+pub async fn fetch_identity(app: &App, protocol: &str, address: &str, legacy_crypto: bool) -> Result<Fetched> {
+    match protocol {
+        "ssh" => {
+            let (host, port) = parse_address_or(address, 22)?;
+            let key = crate::ssh::upstream::fetch_host_key(&host, port, &app.config.upstream, legacy_crypto)
+                .await
+                .map_err(|e| invalid(format!("cannot fetch the host key of {address}: {e:#}")))?;
+            Ok(Fetched {
+                protocol: "ssh".into(),
+                address: address.to_string(),
+                host_key: Some(crate::keys::to_openssh(&key)),
+                fingerprint: crate::keys::fingerprint(&key),
+            })
+        }
+        "rdp" => {
+            let (host, port) = parse_address_or(address, 3389)?;
+            let timeout = std::time::Duration::from_secs(app.config.upstream.connect_timeout_secs.max(1));
+            let f = crate::rdp::target::fetch_cert(&host, port, timeout)
+                .await
+                .map_err(|e| invalid(format!("cannot fetch the certificate of {address}: {e:#}")))?;
+            Ok(Fetched {
+                protocol: "rdp".into(),
+                address: address.to_string(),
+                host_key: None,
+                fingerprint: f.thumbprint,
+            })
+        }
+        other => Err(invalid(format!("unsupported protocol {other:?} (supported: ssh, rdp)"))),
+    }
+}
+
 /// Looks a target up by name.
 pub async fn get(app: &App, name: &str) -> Result<Target> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM targets WHERE name = $1"))

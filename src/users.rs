@@ -272,6 +272,9 @@ pub async fn reset_mfa(app: &App, actor: &str, name: &str) -> Result<Enrolment> 
 /// Disables a user.
 pub async fn disable(app: &App, actor: &str, name: &str) -> Result<()> {
     let user = get(app, name).await?;
+    if user.name == actor {
+        return Err(invalid("you cannot disable your own account (another admin or the CLI can)"));
+    }
     let mut tx = app.store.begin_write().await?;
     sqlx::query("UPDATE users SET disabled = 1 WHERE id = $1").bind(user.id).execute(&mut *tx).await?;
     audit::append(&mut tx, &*app.clock, actor, &Event::UserDisabled { user: user.name }).await?;
@@ -330,6 +333,17 @@ pub async fn keys(app: &App, user_id: i64) -> Result<Vec<(String, String)>> {
         .fetch_all(app.store.pool())
         .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// `YYYY-MM-DD` as an account expiry: the account works through the whole given day (UTC).
+pub fn expiry_from_date(s: &str) -> Result<i64> {
+    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
+        invalid(format!("invalid expiry {:?}: expected YYYY-MM-DD", s.chars().take(20).collect::<String>()))
+    })?;
+    d.succ_opt()
+        .and_then(|n| n.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp())
+        .ok_or_else(|| invalid("expiry date out of range"))
 }
 
 /// Maps a unique-constraint violation to [`Error::Conflict`].

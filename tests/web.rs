@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::sshd::{Answers, Lab, TARGET};
-use common::web::{token, urlenc, Auth, Live, Person, Web};
+use common::web::{check_route, token, urlenc, Auth, Live, Person, Web};
 use common::{stderr, stdout, Backend};
 use serde_json::{json, Value};
 
@@ -26,32 +26,6 @@ fn policy() -> String {
          [request]\nroles = [\"vendor\", \"manager\"]\n\n[approval]\napprover_roles = [\"manager\"]\nrequired = 1\n\n\
          [limits]\nmax_duration = \"2h\"\n\n[channels]\nshell = true\nexec = true\nsftp = true\nforward = []\n"
     )
-}
-
-/// The roles of the matrix, in order: vendor (owner), other vendor, manager, auditor, admin.
-const ROLES: [&str; 5] = ["vendor", "other vendor", "manager", "auditor", "admin"];
-
-/// Every route × role: `expect` is the status per role in [`ROLES`] order; without credentials
-/// every route answers 401.
-#[track_caller]
-fn check_route(web: &Web, tokens: &[String; 5], method: &str, path: &str, body: Option<Value>, expect: [u16; 5]) {
-    for (i, t) in tokens.iter().enumerate() {
-        let r = match &body {
-            Some(b) => web.post_json(path, Auth::Token(t), b.clone()),
-            None => web.call(method, path, Auth::Token(t), None),
-        };
-        assert_eq!(r.status, expect[i], "{method} {path} as {}: {}", ROLES[i], r.body);
-        if r.status >= 400 {
-            assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {}", r.body);
-        }
-    }
-    let r = match &body {
-        Some(b) => web.post_json(path, Auth::None, b.clone()),
-        None => web.call(method, path, Auth::None, None),
-    };
-    assert_eq!(r.status, 401, "{method} {path} without credentials: {}", r.body);
-    let r = web.call(method, path, Auth::Token("pst_not-a-real-token-0000000000000000000000"), None);
-    assert_eq!(r.status, 401, "{method} {path} with a made-up token: {}", r.body);
 }
 
 fn ids(v: &Value) -> Vec<i64> {

@@ -185,6 +185,19 @@ fn policy_for(app: &App, target: &Target) -> Result<Policy> {
         .ok_or_else(|| Error::Denied(format!("no policy covers {}; ask an administrator", target.name)))
 }
 
+/// The targets `who` may request, each with the policy that governs it (by target name).
+pub async fn requestable(app: &App, who: &User) -> Result<Vec<(Target, Policy)>> {
+    let set = app.policies.current();
+    Ok(targets::list(app)
+        .await?
+        .into_iter()
+        .filter_map(|t| {
+            let p = set.for_target(&t)?.clone();
+            p.requesters.includes(who).then_some((t, p))
+        })
+        .collect())
+}
+
 fn policy_named(app: &App, name: &str) -> Result<Policy> {
     app.policies
         .current()
@@ -607,6 +620,55 @@ pub async fn grant_credential(app: &App, grant_id: i64) -> Result<Option<Secret>
     let Some(row) = row else { return Ok(None) };
     let ct: Vec<u8> = row.try_get(0)?;
     Ok(Some(app.vault.open(&secret_aad("grant", grant_id, "credential", 1), &ct)?))
+}
+
+/// Shows `who` the credential of their own grant `grant_id` (live or upcoming) after a fresh TOTP
+/// code (`auth::confirm_code`: replay guard, lockout); audited `grant.credential_shown` with `via`
+/// (`web`, `api`). Another user's grant is "unknown", as if it did not exist.
+pub async fn reveal_credential(
+    app: &App,
+    who: &User,
+    grant_id: i64,
+    code: &str,
+    source: std::net::IpAddr,
+    via: &str,
+) -> Result<Secret> {
+    let g = match super::get(app, grant_id).await {
+        Ok(g) if g.user_id == who.id => g,
+        Ok(_) | Err(Error::NotFound(_)) => return Err(Error::NotFound(format!("unknown grant {grant_id}"))),
+        Err(e) => return Err(e),
+    };
+    let now = app.clock.now();
+    if g.revoked_at.is_some() || g.valid_until <= now {
+        return Err(invalid(format!("grant {grant_id} has ended; its credential no longer works")));
+    }
+    let cred = grant_credential(app, g.id).await?.ok_or_else(|| {
+        invalid(format!("grant {grant_id} has no grant credential (an admin grant: log in with your password)"))
+    })?;
+    match crate::auth::confirm_code(app, who, code, source, "grant credential").await {
+        Ok(()) => {}
+        Err(crate::auth::AuthError::Denied) => {
+            return Err(Error::Denied("wrong or already used verification code; wait for the next code".into()))
+        }
+        Err(crate::auth::AuthError::LockedOut) => {
+            return Err(Error::Denied("too many failed attempts; try again later".into()))
+        }
+        Err(crate::auth::AuthError::Unavailable) => {
+            return Err(Error::Other(anyhow::anyhow!("the authentication backend failed")))
+        }
+    }
+    let target = targets::by_id(app, g.target_id).await.map(|t| t.name).unwrap_or_default();
+    let mut tx = app.store.begin_write().await?;
+    let ev = Event::GrantCredentialShown {
+        grant_id: g.id,
+        user: who.name.clone(),
+        target,
+        via: via.to_string(),
+        source: source.to_string(),
+    };
+    audit::append(&mut tx, &*app.clock, &who.name, &ev).await?;
+    tx.commit().await?;
+    Ok(cred)
 }
 
 /// Whether `password` is the credential of a grant of `user_id` on `target` live now.

@@ -148,6 +148,9 @@ pub enum Event {
     TokenCreated { token_id: i64, user: String, expires_at: i64, by: String },
     /// An API token was revoked.
     TokenRevoked { token_id: i64, user: String, by: String },
+    /// A grant's one-time credential was shown to its holder (`via`: `web` or `api`) after a
+    /// fresh TOTP code.
+    GrantCredentialShown { grant_id: i64, user: String, target: String, via: String, source: String },
 }
 
 /// A recording's side file as hashed when its session was closed.
@@ -212,6 +215,7 @@ impl Event {
             Event::WebLogout { .. } => "web.logout",
             Event::TokenCreated { .. } => "token.created",
             Event::TokenRevoked { .. } => "token.revoked",
+            Event::GrantCredentialShown { .. } => "grant.credential_shown",
         };
         (name, 1)
     }

@@ -260,6 +260,45 @@ pub async fn second_factor(
     }
 }
 
+/// Checks a fresh TOTP code of an already logged-in user before a sensitive action (showing a
+/// grant credential): the same replay guard as a login (a step is accepted once per user, ever),
+/// failures counted towards lockout and audited as `login.failed` (method `what`); success is not
+/// a login and is audited by the caller's own event.
+pub async fn confirm_code(app: &App, user: &User, code: &str, source: IpAddr, what: &str) -> Result<(), AuthError> {
+    if locked(app, &user.name, source).await? {
+        return Err(AuthError::LockedOut);
+    }
+    let fresh: User = users::by_id(app, user.id).await.map_err(unavailable)?;
+    let seed = users::totp_seed(app, fresh.id).await.map_err(unavailable)?;
+    let Some(seed) = seed else {
+        return Err(fail(app, &fresh.name, source, &format!("{what}: no TOTP enrolled")).await);
+    };
+    let code: String = code.trim().chars().take(12).collect();
+    let Some(step) = totp::accepted_step(&seed, &code, app.clock.now(), fresh.totp_last_step) else {
+        return Err(fail(app, &fresh.name, source, &format!("{what}: wrong or reused TOTP code")).await);
+    };
+    if !fresh.usable_at(app.clock.now()) {
+        return Err(fail(app, &fresh.name, source, &format!("{what}: account disabled or expired")).await);
+    }
+    let res: Result<u64, sqlx::Error> = async {
+        let mut tx = app.store.begin_write().await?;
+        let n = sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
+            .bind(step)
+            .bind(fresh.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+    .await;
+    match res {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(fail(app, &fresh.name, source, &format!("{what}: reused TOTP code")).await),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 /// What a challenge-response login (NTLM inside RDP's CredSSP) may accept for `USER@TARGET`:
 /// the front end's protocol library checks the response against these and reports the outcome
 /// with [`challenge_login_result`].

@@ -67,6 +67,28 @@ pub fn qr_for_terminal(uri: &Secret) -> String {
     }
 }
 
+/// The URI drawn as a QR code in SVG (an inline `<svg>` element: no script, no image request),
+/// for a page that shows an enrolment once.
+pub fn qr_svg(uri: &Secret) -> String {
+    let code = match qrcode::QrCode::new(uri.expose()) {
+        Ok(c) => c,
+        Err(e) => return format!("<p>(cannot draw QR code: {e})</p>"),
+    };
+    let w = code.width();
+    let mut path = String::new();
+    for (i, c) in code.to_colors().iter().enumerate() {
+        if *c == qrcode::Color::Dark {
+            path.push_str(&format!("M{} {}h1v1h-1z", i % w, i / w));
+        }
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"-4 -4 {s} {s}\" width=\"240\" height=\"240\" role=\"img\" \
+         aria-label=\"QR code of the authenticator enrolment\"><rect x=\"-4\" y=\"-4\" width=\"{s}\" height=\"{s}\" fill=\"#fff\"/>\
+         <path d=\"{path}\" fill=\"#000\"/></svg>",
+        s = w + 8
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,7 +260,7 @@ fn csrf_header(h: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticates a state change (with the CSRF check for console sessions).
-async fn acting(web: &Web, h: &HeaderMap) -> Result<Caller, WebError> {
+pub(super) async fn acting(web: &Web, h: &HeaderMap) -> Result<Caller, WebError> {
     let c = caller(web, h).await?;
     check_csrf(&c, csrf_header(h))?;
     Ok(c)
@@ -468,6 +468,11 @@ async fn search_sessions(
     if p.q.trim().is_empty() || p.q.len() > 200 {
         return Err(Error::Invalid("give 1-200 characters to search for".into()).into());
     }
+    // A NUL byte made the store fail (500, found by schemathesis): no control characters.
+    let fields = [Some(&p.q), p.target.as_ref(), p.user.as_ref(), p.org.as_ref()];
+    if fields.iter().flatten().any(|f| f.chars().any(char::is_control)) {
+        return Err(Error::Invalid("search terms and filters may not contain control characters".into()).into());
+    }
     let q = search::Query { text: p.q, target: p.target, user: p.user, org: p.org, ..Default::default() };
     let found = search::search(&web.app, &q).await.map_err(Error::Other)?;
     Ok(Json(
@@ -538,7 +543,52 @@ impl Modify for BearerAuth {
 struct ApiDoc;
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::vendor::VendorApi::openapi());
+    doc.merge(super::admin::AdminApi::openapi());
+    // Every operation may answer 400 (a malformed id, query or body) and 401 (no or a bad token).
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for (code, what) in [("400", "bad input"), ("401", "log in first")] {
+                op.responses.responses.entry(code.to_string()).or_insert_with(|| {
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description(what)
+                        .content(
+                            "application/json",
+                            utoipa::openapi::content::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                                "ApiError",
+                            ))),
+                        )
+                        .build()
+                        .into()
+                });
+            }
+        }
+    }
+    Json(doc)
+}
+
+/// Rejections of malformed input by axum's extractors (plain text, 415/422) become the API's
+/// JSON error with 400, so every error of the API has one shape.
+pub(super) async fn json_errors(res: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json || status == StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let status = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    let text = axum::body::to_bytes(res.into_body(), 4096).await.unwrap_or_default();
+    let msg: String = String::from_utf8_lossy(&text).trim().chars().take(300).collect();
+    let msg = if msg.is_empty() { status.canonical_reason().unwrap_or("bad request").to_string() } else { msg };
+    (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
 async fn not_found() -> WebError {

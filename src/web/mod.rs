@@ -3,11 +3,13 @@
 //! (`auth`, `console_sessions`, `tokens`, `access`, `sessions`, `search`, `audit`) and keeps no
 //! rules of its own beyond "which role may reach which route".
 
+mod admin;
 mod api;
 mod assets;
 mod audit;
 mod live;
 mod pages;
+mod vendor;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -200,7 +202,15 @@ fn router(web: Web) -> Router {
         .merge(live::routes())
         .merge(assets::routes())
         .merge(audit::routes())
-        .nest("/api/v1", api::routes())
+        .merge(vendor::routes())
+        .merge(admin::routes())
+        .nest(
+            "/api/v1",
+            api::routes()
+                .merge(vendor::api_routes())
+                .merge(admin::api_routes())
+                .layer(axum::middleware::map_response(api::json_errors)),
+        )
         .with_state(web)
         .layer(axum::middleware::from_fn(security_headers))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

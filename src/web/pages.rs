@@ -46,7 +46,7 @@ pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Re
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>\
          <header><nav aria-label=\"Main\"><a href=\"/requests\">Requests <span class=\"badge\" id=\"pending-count\" \
          aria-label=\"{pending} pending\">{pending}</span></a> <a href=\"/grants\">Grants</a> <a href=\"/sessions\">Sessions</a> \
-         <a href=\"/audit/sessions\">Recordings</a> {log}<a href=\"/account\">Account</a></nav>\
+         <a href=\"/audit/sessions\">Recordings</a> {log}<a href=\"/account\">Account</a>{extra}</nav>\
          <div class=\"who\">{u} ({r}) <form method=\"post\" action=\"/logout\" class=\"inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Log out</button></form></div></header>\
          <main><h1>{t}</h1>{body}</main></body></html>",
@@ -59,6 +59,7 @@ pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Re
         } else {
             ""
         },
+        extra = super::vendor::nav_links(c),
     );
     Ok(Html(html).into_response())
 }
@@ -142,8 +143,8 @@ async fn login(
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
-    csrf: Option<String>,
+pub(super) struct CsrfForm {
+    pub(super) csrf: Option<String>,
 }
 
 fn clear_cookie() -> (header::HeaderName, String) {
@@ -167,7 +168,7 @@ async fn logout(State(web): State<Web>, h: HeaderMap, Form(f): Form<CsrfForm>) -
 }
 
 /// Authenticates a page request.
-async fn page_caller(web: &Web, h: &HeaderMap) -> Result<Caller, Response> {
+pub(super) async fn page_caller(web: &Web, h: &HeaderMap) -> Result<Caller, Response> {
     caller(web, h).await.map_err(page_error)
 }
 
@@ -187,12 +188,13 @@ fn done_message(d: &Done) -> String {
         "killed" => "The session will end within two seconds.".to_string(),
         "ended" => format!("Console session {id} ended."),
         "all" => "All your console sessions ended; log in again.".to_string(),
+        "filed" => format!("Request {id} filed; you will see here when it is decided."),
         _ => return String::new(),
     };
     format!("<p class=\"ok\" role=\"status\">{}</p>", esc(&text))
 }
 
-fn window_text(web: &Web, p: &crate::policy::Policy, now: i64) -> String {
+pub(super) fn window_text(web: &Web, p: &crate::policy::Policy, now: i64) -> String {
     if p.windows.is_empty() {
         return "any time (no maintenance windows)".into();
     }
@@ -406,6 +408,9 @@ async fn grants_page(State(web): State<Web>, h: HeaderMap, Query(d): Query<Done>
                 until = time_html(web.tz, g.valid_until),
                 by = esc(&g.created_by)
             );
+            if g.user == c.user.name {
+                let _ = write!(body, " <a href=\"/grants/{id}\">How to connect to {t}</a>", id = g.id, t = esc(&g.target));
+            }
             if c.may_act() {
                 let _ = write!(
                     body,

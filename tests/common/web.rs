@@ -254,3 +254,49 @@ impl Drop for Live {
         let _ = self.child.wait();
     }
 }
+
+/// The roles of a route × role matrix, in order: vendor (owner), other vendor, manager, auditor,
+/// admin.
+pub const ROLES: [&str; 5] = ["vendor", "other vendor", "manager", "auditor", "admin"];
+
+/// One API route for every role: `expect` is the status per role in [`ROLES`] order (each token
+/// is that role's); without credentials and with a made-up token the route answers 401. Every
+/// error is JSON `{"error": "…"}`.
+#[track_caller]
+pub fn check_route(web: &Web, tokens: &[String; 5], method: &str, path: &str, body: Option<Value>, expect: [u16; 5]) {
+    for (i, t) in tokens.iter().enumerate() {
+        let r = match &body {
+            Some(b) => web.post_json(path, Auth::Token(t), b.clone()),
+            None => web.call(method, path, Auth::Token(t), None),
+        };
+        assert_eq!(r.status, expect[i], "{method} {path} as {}: {}", ROLES[i], r.body);
+        if r.status >= 400 {
+            assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {}", r.body);
+        }
+    }
+    let r = match &body {
+        Some(b) => web.post_json(path, Auth::None, b.clone()),
+        None => web.call(method, path, Auth::None, None),
+    };
+    assert_eq!(r.status, 401, "{method} {path} without credentials: {}", r.body);
+    let r = web.call(method, path, Auth::Token("pst_not-a-real-token-0000000000000000000000"), None);
+    assert_eq!(r.status, 401, "{method} {path} with a made-up token: {}", r.body);
+}
+
+/// One console page (GET) for every role's console cookie: `expect` per role in [`ROLES`] order;
+/// without a session the page sends the browser to the login page. A refused page shows none of
+/// `secret_bits`.
+#[track_caller]
+pub fn check_page(web: &Web, cookies: &[String; 5], path: &str, expect: [u16; 5], secret_bits: &[&str]) {
+    for (i, c) in cookies.iter().enumerate() {
+        let r = web.get(path, Auth::Cookie(c, None));
+        assert_eq!(r.status, expect[i], "GET {path} as {}: {}", ROLES[i], r.body);
+        if r.status >= 400 {
+            for s in secret_bits {
+                assert!(!r.body.contains(s), "GET {path} as {} refused but shows {s:?}: {}", ROLES[i], r.body);
+            }
+        }
+    }
+    let r = web.get(path, Auth::None);
+    assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/login")), "GET {path} without a session");
+}
