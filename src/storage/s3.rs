@@ -35,29 +35,31 @@ const READ_AHEAD: usize = 8;
 const MULTIPART_ABOVE: u64 = 8 * 1024 * 1024;
 
 /// The runtime every S3 request runs on (never dropped).
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("penstock-s3")
             .enable_all()
             .build()
-            .unwrap_or_else(|e| panic!("cannot start the S3 runtime: {e}"))
+            .map_err(|e| format!("cannot start the S3 runtime: {e}"))
     })
+    .as_ref()
+    .map_err(|e| std::io::Error::other(e.clone()))
 }
 
 /// Runs `f` on the S3 runtime and waits for it from synchronous code.
-fn block<F>(f: F) -> F::Output
+fn block<F>(f: F) -> std::io::Result<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let (tx, rx) = sync_channel(1);
-    runtime().spawn(async move {
+    runtime()?.spawn(async move {
         let _ = tx.send(f.await);
     });
-    rx.recv().unwrap_or_else(|_| panic!("the S3 runtime stopped"))
+    rx.recv().map_err(|_| std::io::Error::other("the S3 runtime stopped"))
 }
 
 /// Runs `f` on the S3 runtime and awaits it from async code.
@@ -66,7 +68,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    runtime().spawn(f).await.context("S3 request task failed")
+    runtime()?.spawn(f).await.context("S3 request task failed")
 }
 
 /// The bucket, its prefix and the client.
@@ -278,7 +280,7 @@ impl Bucket {
         let me = self.clone();
         let (tx, rx) = sync_channel::<std::io::Result<Bytes>>(READ_AHEAD);
         let (first_tx, first_rx) = sync_channel::<std::io::Result<()>>(1);
-        runtime().spawn(async move {
+        runtime()?.spawn(async move {
             let sources: Vec<ObjPath> = match me.store.get(&key).await {
                 Ok(r) => {
                     let _ = first_tx.send(Ok(()));
@@ -407,7 +409,7 @@ impl RecordingStorage for S3Files {
                 Some(s) => Ok(s),
                 None => Ok(b.parts(&key).await?.iter().map(|p| p.1).sum()),
             }
-        })
+        })?
         .map_err(|e: anyhow::Error| std::io::Error::other(e.to_string()))
     }
 
@@ -420,6 +422,7 @@ impl RecordingStorage for S3Files {
         block(async move {
             matches!(b.head(&key).await, Ok(Some(_))) || b.parts(&key).await.map(|p| !p.is_empty()).unwrap_or(false)
         })
+        .unwrap_or(false)
     }
 
     fn delete(&self, locator: &str) -> std::io::Result<()> {
@@ -431,7 +434,7 @@ impl RecordingStorage for S3Files {
         block(async move {
             b.delete(&key).await?;
             b.delete_parts(&key).await
-        })
+        })?
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.local.delete(locator)
     }
