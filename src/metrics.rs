@@ -35,6 +35,12 @@ static BYTES_UP: AtomicU64 = AtomicU64::new(0);
 static BYTES_DOWN: AtomicU64 = AtomicU64::new(0);
 static PREAUTH_DROPS: AtomicU64 = AtomicU64::new(0);
 static LAST_JOBS_PASS: AtomicI64 = AtomicI64::new(0);
+static RECORDER_BACKLOG: AtomicI64 = AtomicI64::new(0);
+
+/// Batches handed to (positive) or taken by (negative) the recorders' writer tasks.
+pub fn recorder_backlog(delta: i64) {
+    RECORDER_BACKLOG.fetch_add(delta, Ordering::Relaxed);
+}
 
 /// An audit event of `kind` was appended by this process.
 pub fn count_event(kind: &'static str) {
@@ -165,6 +171,13 @@ pub async fn render(app: &App) -> anyhow::Result<String> {
     family(&mut out, "penstock_relay_bytes_total", "counter", "Bytes relayed by ended sessions, by direction.");
     let _ = writeln!(out, "penstock_relay_bytes_total{{direction=\"up\"}} {}", BYTES_UP.load(Ordering::Relaxed));
     let _ = writeln!(out, "penstock_relay_bytes_total{{direction=\"down\"}} {}", BYTES_DOWN.load(Ordering::Relaxed));
+    family(
+        &mut out,
+        "penstock_recorder_backlog_batches",
+        "gauge",
+        "Batches of session output queued for the recorders' writers.",
+    );
+    let _ = writeln!(out, "penstock_recorder_backlog_batches {}", RECORDER_BACKLOG.load(Ordering::Relaxed).max(0));
     family(&mut out, "penstock_upload_backlog_files", "gauge", "Ended recordings waiting in the spool for upload.");
     let _ = writeln!(out, "penstock_upload_backlog_files {}", HEALTH.backlog_files.load(Ordering::Relaxed));
     family(&mut out, "penstock_upload_backlog_bytes", "gauge", "Their bytes.");

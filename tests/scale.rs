@@ -568,6 +568,9 @@ fn three_nodes_keep_one_chain_and_one_jobs_runner() {
         let logins = metric(*p, "penstock_logins_total{result=\"succeeded\"}").unwrap_or(0.0);
         assert!(logins as usize >= PER_NODE, "logins on {p}: {logins}");
         assert_eq!(metric(*p, "penstock_sessions_live"), Some(0.0));
+        assert_eq!(metric(*p, "penstock_recorder_backlog_batches"), Some(0.0), "recorder backlog on {p}");
+        assert_eq!(metric(*p, "penstock_preauth_drops_total"), Some(0.0));
+        assert!(metric(*p, "penstock_store_latency_seconds").is_some_and(|l| l > 0.0 && l < 5.0));
     }
 
     // Exactly one runs the jobs; kill it and another takes over.

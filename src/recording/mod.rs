@@ -241,8 +241,11 @@ impl Recorder {
 
     async fn hand_over(&self, events: Vec<Ev>) {
         if let Some(tx) = &self.tx {
+            crate::metrics::recorder_backlog(1);
             // A closed queue means the writer failed; `failed()` reports it.
-            let _ = tx.send(events).await;
+            if tx.send(events).await.is_err() {
+                crate::metrics::recorder_backlog(-1);
+            }
         }
     }
 
@@ -716,6 +719,7 @@ impl Writer {
                     },
                     batch = rx.recv() => {
                         let Some(batch) = batch else { break };
+                        crate::metrics::recorder_backlog(-1);
                         for ev in batch {
                             self.handle(ev).await?;
                         }
