@@ -407,6 +407,26 @@ fn recordings_live_in_s3_and_any_node_reads_them() {
     assert!(ok.contains("verified"), "{ok}");
     let verified = on_b(&["audit", "verify"]);
     assert!(verified.contains("intact"), "{verified}");
+
+    // Credentials from systemd's credential folder win over the config's: with a wrong secret
+    // in the config the bucket refuses; with the right one in $CREDENTIALS_DIRECTORY it reads.
+    let wrong = |creds: Option<&std::path::Path>| {
+        let mut c = lab.install.command(&["replay", &id, "--transcript"]);
+        c.env("PENSTOCK_RECORDINGS_DIR", "recordings-b")
+            .env("PENSTOCK_RECORDINGS_S3_SECRET_ACCESS_KEY", "wrong-secret");
+        if let Some(d) = creds {
+            c.env("CREDENTIALS_DIRECTORY", d);
+        }
+        c.output().expect("replay")
+    };
+    let refused = wrong(None);
+    assert!(!refused.status.success(), "a wrong S3 secret was accepted");
+    let creds = lab.install.scratch().join("creds");
+    std::fs::create_dir_all(&creds).expect("creds dir");
+    std::fs::write(creds.join("s3_access_key_id"), common::s3::ACCESS_KEY).expect("key id");
+    std::fs::write(creds.join("s3_secret_access_key"), format!("{}\n", common::s3::SECRET_KEY)).expect("secret");
+    let read = wrong(Some(&creds));
+    assert!(assert_ok("replay with credentials", &read).contains("s3-needle"));
     drop(b);
 }
 
