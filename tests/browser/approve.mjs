@@ -1,16 +1,9 @@
 // A manager logs in to the Penstock console in a real headless Chromium (Debian's) with password
 // and TOTP, finds the pending request REQUEST_ID with its decision context, and approves it.
 // Screenshots go to SHOTS. Driven by tests/web.rs (browser_manager_approves_waiting_ssh).
-import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { launch, need } from './common.mjs';
 import { join } from 'node:path';
 
-const need = (k) => {
-  const v = process.env[k];
-  if (!v) { console.error(`missing ${k}`); process.exit(2); }
-  return v;
-};
 const url = need('PENSTOCK_URL');
 const user = need('PENSTOCK_USER');
 const password = need('PENSTOCK_PASSWORD');
@@ -18,15 +11,7 @@ const code = need('PENSTOCK_CODE');
 const id = need('PENSTOCK_REQUEST_ID');
 const shots = need('PENSTOCK_SHOTS');
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'penstock-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  ignoreHTTPSErrors: true,
-  viewport: { width: 390, height: 844 }, // a phone
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const context = await launch({ width: 390, height: 844 }); // a phone
 const fail = async (page, msg) => {
   await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
   console.error(msg);

@@ -3,16 +3,9 @@
 // asciinema-player's rendered lines in the DOM): the word is on it and PENSTOCK_LATER (typed
 // seconds later) is not, until play is pressed. Screenshots go to
 // PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_auditor_search_opens_replay_at_hit).
-import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { launch, need } from './common.mjs';
 import { join } from 'node:path';
 
-const need = (k) => {
-  const v = process.env[k];
-  if (!v) { console.error(`missing ${k}`); process.exit(2); }
-  return v;
-};
 const url = need('PENSTOCK_URL');
 const user = need('PENSTOCK_USER');
 const password = need('PENSTOCK_PASSWORD');
@@ -22,15 +15,7 @@ const session = need('PENSTOCK_SESSION');
 const later = need('PENSTOCK_LATER');
 const shots = need('PENSTOCK_SHOTS');
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'penstock-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  ignoreHTTPSErrors: true,
-  viewport: { width: 1100, height: 900 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const context = await launch({ width: 1100, height: 900 });
 const page = context.pages()[0] ?? await context.newPage();
 const errors = [];
 page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });

@@ -6,17 +6,10 @@
 // fetches the host key of a new SSH target, compares the fingerprint with the expected one and
 // pins it. TOTP codes are computed here from the seeds (RFC 6238, SHA-1, 30 s), each step used
 // once per user. Screenshots go to SHOTS. Driven by tests/web_admin.rs.
-import { chromium } from 'playwright-core';
+import { launch, need } from './common.mjs';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const need = (k) => {
-  const v = process.env[k];
-  if (!v) { console.error(`missing ${k}`); process.exit(2); }
-  return v;
-};
 const url = need('PENSTOCK_URL').replace(/\/$/, '');
 const vendor = need('PENSTOCK_VENDOR');
 const vendorPassword = need('PENSTOCK_VENDOR_PASSWORD');
@@ -54,15 +47,7 @@ const freshCode = async (who, seed) => {
   }
 };
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'penstock-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  ignoreHTTPSErrors: true,
-  viewport: { width: 1100, height: 900 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const context = await launch({ width: 1100, height: 900 });
 const page = context.pages()[0] ?? await context.newPage();
 page.setDefaultTimeout(30000);
 const fail = async (msg) => {

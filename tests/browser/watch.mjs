@@ -2,16 +2,9 @@
 // live view of session PENSTOCK_SESSION from the sessions page, prints READY once the view is
 // live, then waits until PENSTOCK_WORD appears on the watched screen and until the session ends.
 // Screenshots go to PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_manager_watches_live_ssh).
-import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { launch, need } from './common.mjs';
 import { join } from 'node:path';
 
-const need = (k) => {
-  const v = process.env[k];
-  if (!v) { console.error(`missing ${k}`); process.exit(2); }
-  return v;
-};
 const url = need('PENSTOCK_URL');
 const user = need('PENSTOCK_USER');
 const password = need('PENSTOCK_PASSWORD');
@@ -20,15 +13,7 @@ const session = need('PENSTOCK_SESSION');
 const word = need('PENSTOCK_WORD');
 const shots = need('PENSTOCK_SHOTS');
 
-const userDataDir = mkdtempSync(join(tmpdir(), 'penstock-chromium-'));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  ignoreHTTPSErrors: true,
-  viewport: { width: 1100, height: 800 },
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const context = await launch({ width: 1100, height: 800 });
 const page = context.pages()[0] ?? await context.newPage();
 const errors = [];
 page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });

@@ -1,0 +1,24 @@
+// What every browser script shares: required settings from the environment, and Debian's
+// Chromium started headless by playwright-core (no browser download; no background traffic,
+// which this machine's closed network would refuse), with a fresh profile.
+import { chromium } from 'playwright-core';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+// The environment variable `k`, or exit 2 naming it.
+export const need = (k) => {
+  const v = process.env[k];
+  if (!v) { console.error(`missing ${k}`); process.exit(2); }
+  return v;
+};
+
+// A persistent context of /usr/bin/chromium with the given viewport.
+export const launch = (viewport) => chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'penstock-chromium-')), {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  ignoreHTTPSErrors: true,
+  viewport,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
