@@ -136,6 +136,9 @@ pub struct RdpConfig {
     pub login_timeout_secs: u64,
     /// RDP connections at once (logging in or relaying); more are refused.
     pub max_connections: usize,
+    /// TCP load balancers in front (addresses or `ADDR/BITS`): their connections must start
+    /// with a PROXY protocol v2 header naming the vendor's address.
+    pub proxy_from: Vec<String>,
 }
 
 impl Default for RdpConfig {
@@ -145,6 +148,7 @@ impl Default for RdpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3389)),
             login_timeout_secs: 30,
             max_connections: 256,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -675,6 +679,8 @@ time_zone = "UTC"
 # (NLA required); the gateway's certificate is the one in [tls].
 enabled = true
 listen = "0.0.0.0:3389"
+# Load balancers sending PROXY protocol v2 (as [ssh] proxy_from).
+# proxy_from = ["10.0.0.5"]
 
 [database]
 # SQLite (embedded default) or PostgreSQL: url = "postgres://penstock@localhost/penstock"

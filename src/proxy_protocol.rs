@@ -1,7 +1,7 @@
 //! PROXY protocol version 2 (HAProxy's binary header), so that behind a TCP load balancer
 //! lockout, audit and login limits see the vendor's real address.
 //!
-//! Only connections from the configured proxies (`[ssh] proxy_from`) are read for a header, and
+//! Only connections from the configured proxies (`[ssh] proxy_from`, `[rdp] proxy_from`) are read for a header, and
 //! from them it is required: a proxy's connection without one is refused, so nobody can pass as
 //! the balancer's address. A `LOCAL` header (the balancer's own health check) keeps the TCP
 //! peer. Connections from anywhere else are taken as direct. Knows nothing of SSH.
@@ -47,19 +47,20 @@ fn matches_net(ip: IpAddr, spec: &str) -> bool {
     }
 }
 
-/// Checks `[ssh] proxy_from` entries; one line naming the bad one.
-pub fn check_config(proxies: &[String]) -> anyhow::Result<()> {
+/// Checks `[SECTION] proxy_from` entries; one line naming the bad one.
+pub fn check_config(section: &str, proxies: &[String]) -> anyhow::Result<()> {
     for p in proxies {
         let (addr, bits) = match p.split_once('/') {
             Some((a, b)) => (a, Some(b)),
             None => (p.as_str(), None),
         };
-        let ip: IpAddr = addr.trim().parse().with_context(|| format!("[ssh] proxy_from: {p:?} is not an address"))?;
+        let ip: IpAddr =
+            addr.trim().parse().with_context(|| format!("[{section}] proxy_from: {p:?} is not an address"))?;
         if let Some(b) = bits {
             let max = if ip.is_ipv4() { 32 } else { 128 };
             match b.parse::<u32>() {
                 Ok(n) if n <= max => {}
-                _ => bail!("[ssh] proxy_from: {p:?} has a bad prefix length"),
+                _ => bail!("[{section}] proxy_from: {p:?} has a bad prefix length"),
             }
         }
     }
@@ -192,8 +193,9 @@ mod tests {
         assert!(is_proxy("127.0.0.1".parse().expect("ip"), &list));
         assert!(is_proxy("::ffff:127.0.0.1".parse().expect("ip"), &list));
         assert!(is_proxy("fd12::1".parse().expect("ip"), &list));
-        assert!(check_config(&list).is_ok());
-        assert!(check_config(&["10.0.0.0/33".to_string()]).is_err());
-        assert!(check_config(&["gateway".to_string()]).is_err());
+        assert!(check_config("ssh", &list).is_ok());
+        assert!(check_config("ssh", &["10.0.0.0/33".to_string()]).is_err());
+        let e = check_config("rdp", &["gateway".to_string()]).expect_err("not an address");
+        assert_eq!(e.to_string(), "[rdp] proxy_from: \"gateway\" is not an address");
     }
 }

@@ -1060,3 +1060,62 @@ fn rdp_autologon_to_a_target_without_nla() {
     assert!(st.is_some(), "a wrong vaulted password gets no lasting session\n{}", lab.gw.log_text());
     lab.assert_vault_pw_nowhere();
 }
+
+/// A real HAProxy in front of the RDP listener with `send-proxy-v2`, connecting to the gateway
+/// from 127.0.0.5 (the only address in `[rdp] proxy_from`): a vendor's NLA login through it is
+/// audited with the vendor's own address (127.0.0.1), and a connection from the proxy's address
+/// without a header is refused before RDP begins.
+#[test]
+fn rdp_behind_haproxy_sees_the_vendors_address() {
+    let lab = Lab::with(None, &[], &[("PENSTOCK_RDP_PROXY_FROM", "[\"127.0.0.5\"]")]);
+    let front = free_port();
+    let cfg = lab.i.scratch().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 50\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1m\n  timeout server 1m\n\
+             frontend vendors\n  bind 127.0.0.1:{front}\n  default_backend gateways\n\
+             backend gateways\n  server gw1 127.0.0.1:{} send-proxy-v2 source 127.0.0.5\n",
+            lab.gw.rdp_port
+        ),
+    )
+    .expect("haproxy config");
+    let mut hap = Command::new("haproxy");
+    hap.arg("-db").arg("-f").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut hap = die_with_parent(&mut hap).spawn().expect("haproxy (Debian package haproxy)");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", front)).is_err() {
+        assert!(Instant::now() < end, "haproxy did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (_, cred) = lab.grant("alice");
+    let mut c = lab.xfreerdp_to(front, &format!("alice@{TARGET}"), &cred, &["+auth-only"]);
+    let mut child = die_with_parent(c.stdout(Stdio::null()).stderr(Stdio::null())).spawn().expect("xfreerdp");
+    let st = wait_timeout(&mut child, Duration::from_secs(15));
+    let _ = child.kill();
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "NLA through haproxy\n{}", lab.gw.log_text());
+    let kinds = lab.audit_kinds();
+    let ok: Vec<_> = kinds.iter().filter(|(k, d)| k == "login.succeeded" && d.contains("rdp-nla")).collect();
+    assert_eq!(ok.len(), 1, "{kinds:?}");
+    assert!(ok[0].1.contains("\"source\":\"127.0.0.1\""), "the vendor's address, not the proxy's: {}", ok[0].1);
+
+    // From the proxy's address without a header: closed at once.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&"127.0.0.5:0".parse::<std::net::SocketAddr>().expect("addr").into()).expect("bind 127.0.0.5");
+    sock.connect(&format!("127.0.0.1:{}", lab.gw.rdp_port).parse::<std::net::SocketAddr>().expect("addr").into())
+        .expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    use std::io::{Read, Write};
+    s.write_all(&[3, 0, 0, 19, 14, 0xe0, 0, 0, 0, 0, 0, 1, 0, 8, 0, 3, 0, 0, 0]).expect("x224");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "the gateway answered a headerless connection from its proxy");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !lab.gw.log_text().contains("RDP connection from a proxy refused") {
+        assert!(Instant::now() < end, "no refusal logged:\n{}", lab.gw.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = hap.kill();
+    let _ = hap.wait();
+}

@@ -38,7 +38,8 @@ async fn run(mut app: App) -> anyhow::Result<()> {
     if crate::tls_identity::ensure(&app.config)? {
         tracing::info!(cert = %app.config.tls_cert_path().display(), "self-signed TLS certificate created");
     }
-    crate::proxy_protocol::check_config(&app.config.ssh.proxy_from)?;
+    crate::proxy_protocol::check_config("ssh", &app.config.ssh.proxy_from)?;
+    crate::proxy_protocol::check_config("rdp", &app.config.rdp.proxy_from)?;
     crate::jobs::start(&app);
     crate::metrics::start(&app).await?;
     crate::storage::upload::start(&app).await?;

@@ -92,6 +92,22 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let shared = self.shared.clone();
             tokio::spawn(async move {
+                let mut tcp = tcp;
+                let proxies = &shared.app.config.rdp.proxy_from;
+                let peer = if !proxies.is_empty() && crate::proxy_protocol::is_proxy(peer.ip(), proxies) {
+                    // A balancer's connection: the vendor's address comes in its PROXY header
+                    // (within the login time; the connection already holds its place).
+                    let wait = Duration::from_secs(shared.app.config.rdp.login_timeout_secs.clamp(1, 5));
+                    match crate::proxy_protocol::read_header(&mut tcp, peer, wait).await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            tracing::warn!(proxy = %peer, error = %format!("{e:#}"), "RDP connection from a proxy refused");
+                            return;
+                        }
+                    }
+                } else {
+                    peer
+                };
                 if let Err(e) = connection(&shared, tcp, peer).await {
                     tracing::info!(%peer, error = %e, "RDP connection ended");
                 }
