@@ -2,7 +2,7 @@
 //! it runs, and [`ws_status`], a WebSocket upgrade to the console made with the real curl (its
 //! status line only).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,21 +24,7 @@ impl Typist {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = die_with_parent(&mut cmd).spawn().expect("spawn ssh");
         let stdin = child.stdin.take();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let pipes: Vec<Box<dyn Read + Send>> =
-            vec![Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
-        for mut r in pipes {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
+        let out = super::web::collect_output(&mut child);
         Typist { child, stdin, out }
     }
 

@@ -200,25 +200,31 @@ pub struct Live {
     out: Arc<Mutex<Vec<u8>>>,
 }
 
+/// Collects a child's stdout and stderr, as they arrive, into one buffer (threads end at EOF).
+pub fn collect_output(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let pipes: Vec<Box<dyn Read + Send>> =
+        vec![Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
+    for mut r in pipes {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    out
+}
+
 impl Live {
     pub fn spawn(cmd: &mut Command) -> Live {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = die_with_parent(cmd).spawn().expect("spawn");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let pipes: Vec<Box<dyn Read + Send>> =
-            vec![Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
-        for mut r in pipes {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
+        let out = collect_output(&mut child);
         Live { child, out }
     }
 
