@@ -195,7 +195,7 @@ fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if a.keys {
-        for l in rdp::key_log(&records) {
+        for l in crate::replay::rdp_keys::key_log(&records) {
             if a.json {
                 serde_json::to_writer(&mut out, &l)?;
                 out.write_all(b"\n")?;
@@ -205,7 +205,7 @@ fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result
             }
         }
         out.flush()?;
-        if let Some(n) = rdp::layout_note(&header) {
+        if let Some(n) = crate::replay::rdp_keys::layout_note(&header) {
             eprintln!("note: {n}");
         }
         return Ok(());
