@@ -682,6 +682,83 @@ fn rdp_replay_decodes_frames_keystrokes_and_search() {
     lab.assert_vault_pw_nowhere();
 }
 
+/// A vendor whose client announces the German layout (`/kbd:0x407`) presses the keys that read
+/// "zy" on a US keyboard and the top-row 2 with Shift: the key log shows what a German keyboard
+/// types with them ("yz" and a double quote), and `replay --keys` names the layout it followed.
+/// The same keys from a US client read "zy@".
+#[test]
+fn rdp_key_log_follows_the_clients_keyboard_layout() {
+    let lab = Lab::new(None);
+    let mut seen = Vec::new();
+    for kbd in ["0x00000407", "0x00000409"] {
+        let (mut client, id, _) = start_session(&lab, &["/size:800x600", &format!("/kbd:{kbd}")]);
+        std::thread::sleep(Duration::from_secs(3));
+        x_tool(&lab.client_display, "xdotool", &["mousemove", "300", "200", "click", "1"]);
+        std::thread::sleep(Duration::from_millis(300));
+        // xdotool presses keys by the client display's (US) keymap: the physical keys.
+        x_tool(&lab.client_display, "xdotool", &["type", "--delay", "60", "qzy@"]);
+        x_tool(&lab.client_display, "xdotool", &["key", "Return"]);
+        std::thread::sleep(Duration::from_millis(500));
+        kill_and_wait(&lab, &id);
+        let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
+        let out = lab.i.run(&["replay", &id, "--keys"]);
+        assert_ok("replay --keys", &out);
+        seen.push((String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string()));
+    }
+    let (de, de_note) = &seen[0];
+    assert!(de.lines().any(|l| l.contains("keys") && l.contains("qyz\"")), "German key log:\n{de}");
+    assert!(de_note.contains("German"), "the note names the layout: {de_note}");
+    let (us, us_note) = &seen[1];
+    assert!(us.lines().any(|l| l.contains("keys") && l.contains("qzy@")), "US key log:\n{us}");
+    assert!(!us_note.contains("layout"), "no note for US English: {us_note}");
+}
+
+/// An NLA login over HYBRID_EX (NLA with the Early User Authorization Result, what mstsc
+/// asks for) by IronRDP's client (FreeRDP 2's `/sec:ext` cannot finish a HYBRID_EX
+/// negotiation: its client has no branch for the selected protocol). The result: `Ok` when the
+/// gateway answered "success" after the target's login, else the client's error.
+fn hybrid_ex_login(port: u16, user: &str, password: &str) -> Result<(), String> {
+    use ironrdp_pdu::nego::SecurityProtocol;
+    use penstock::rdp::{credssp, nego, tls};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+        let mut framed = ironrdp_tokio::TokioFramed::new(tcp);
+        let selected =
+            nego::request_target(&mut framed, SecurityProtocol::HYBRID_EX).await.map_err(|e| e.to_string())?;
+        if selected != SecurityProtocol::HYBRID_EX {
+            return Err(format!("the gateway selected {selected:?}"));
+        }
+        let tls = tls::connect(framed.into_inner_no_leftover(), "127.0.0.1", tls::PinnedCert::new(None))
+            .await
+            .map_err(|e| e.to_string())?;
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or("no certificate")?.to_vec();
+        let public_key = tls::public_key(&cert).map_err(|e| e.to_string())?;
+        let mut framed = ironrdp_tokio::TokioFramed::new(tls);
+        let secret = penstock::secret::Secret::from_string(password.to_string());
+        credssp::login_target(&mut framed, user, &secret, selected, "127.0.0.1", public_key)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// NLA with early user authorization (HYBRID_EX): the grant credential logs in (the client
+/// reads a "success" Early User Authorization Result, sent only after the target's login); a
+/// wrong credential gets "access denied" there, is audited and never reaches the target.
+#[test]
+fn rdp_hybrid_ex_early_user_authorization() {
+    let lab = Lab::new(None);
+    let (_, cred) = lab.grant("alice");
+    let user = format!("alice@{TARGET}");
+    let ok = hybrid_ex_login(lab.gw.rdp_port, &user, &cred);
+    assert!(ok.is_ok(), "the grant credential over HYBRID_EX: {ok:?}\n{}", lab.gw.log_text());
+    let failures = || lab.audit_kinds().iter().filter(|(k, d)| k == "login.failed" && d.contains("rdp-nla")).count();
+    let before = failures();
+    let bad = hybrid_ex_login(lab.gw.rdp_port, &user, "Wrong-Credential-1");
+    assert!(bad.is_err(), "a wrong credential over HYBRID_EX is refused");
+    assert!(failures() > before, "the failure is audited: {:?}", lab.audit_kinds());
+}
+
 const CLIP_POLICY: &str = r#"
 [policy]
 name = "hmi-clip"

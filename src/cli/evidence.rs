@@ -195,7 +195,7 @@ fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if a.keys {
-        for l in crate::replay::rdp_keys::key_log(&records) {
+        for l in crate::replay::rdp_keys::key_log(&header, &records) {
             if a.json {
                 serde_json::to_writer(&mut out, &l)?;
                 out.write_all(b"\n")?;

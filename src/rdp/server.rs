@@ -124,7 +124,7 @@ async fn login(
     shared: &Shared,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<(VendorFramed, VendorLogin, SecurityProtocol, SecurityProtocol), RdpError> {
+) -> Result<(VendorFramed, VendorLogin, SecurityProtocol), RdpError> {
     let mut framed = TokioFramed::new(tcp);
     let req = nego::read_request(&mut framed).await?;
     let Some(chosen) = nego::vendor_choice(&req) else {
@@ -139,7 +139,7 @@ async fn login(
         .map_err(|e| RdpError::Protocol(format!("TLS: {e}")))?;
     let mut framed = TokioFramed::new(tls);
     let who = credssp::accept_vendor(&mut framed, &shared.app, peer.ip(), shared.public_key.clone()).await?;
-    Ok((framed, who, req.protocol, chosen))
+    Ok((framed, who, chosen))
 }
 
 /// Audits a session refused after login and, for HYBRID_EX, tells the vendor's client.
@@ -169,7 +169,7 @@ async fn refuse(
 async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), RdpError> {
     let app = &shared.app;
     let deadline = Duration::from_secs(app.config.rdp.login_timeout_secs.max(1));
-    let (mut vendor, who, requested, chosen) = tokio::time::timeout(deadline, login(shared, tcp, peer))
+    let (mut vendor, who, chosen) = tokio::time::timeout(deadline, login(shared, tcp, peer))
         .await
         .map_err(|_| RdpError::Protocol("the vendor did not log in in time".into()))??;
     tracing::info!(%peer, user = %who.principal.name, target = %who.target, "RDP login");
@@ -198,7 +198,7 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
             return Err(refuse(app, &mut vendor, early, &who, peer, e).await);
         }
     };
-    let leg = target::connect(app, &target, requested, &credential).await;
+    let leg = target::connect(app, &target, &credential).await;
     // NLA targets got the credential in CredSSP; others get it in the Client Info PDU.
     let autologon = (!target.rdp_nla)
         .then(|| super::input::AutoLogon { login: target.login.clone(), password: credential.clone() });

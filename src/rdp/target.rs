@@ -39,15 +39,9 @@ async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, RdpE
     }
 }
 
-/// Connects to `target` and logs in with `credential` (NLA). `requested` are the protocols the
-/// vendor offered (the target sees the same offer, as Devolutions Gateway does: some servers
-/// answer differently to a reduced one).
-pub async fn connect(
-    app: &App,
-    target: &Target,
-    requested: SecurityProtocol,
-    credential: &Secret,
-) -> Result<TargetLeg, RdpError> {
+/// Connects to `target` and logs in with `credential`: NLA, or TLS only for a target without
+/// NLA (its auto-logon happens later, in the relayed Client Info PDU).
+pub async fn connect(app: &App, target: &Target, credential: &Secret) -> Result<TargetLeg, RdpError> {
     let limit = Duration::from_secs(app.config.upstream.handshake_timeout_secs.max(1));
     let fut = async {
         let stream =
@@ -55,11 +49,11 @@ pub async fn connect(
         let mut framed = TokioFramed::new(stream);
         // A target without NLA is offered TLS only (never Standard RDP Security): the vaulted
         // account goes in the Client Info PDU, inside TLS checked against the pin.
-        let offer = if target.rdp_nla {
-            requested & (SecurityProtocol::SSL | SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX)
-        } else {
-            SecurityProtocol::SSL
-        };
+        // An NLA target is offered both NLA variants whatever the vendor chose: the gateway
+        // finishes either on this leg, and a vendor's HYBRID_EX-only offer (early user
+        // authorization) must not shut out a target that speaks plain HYBRID.
+        let offer =
+            if target.rdp_nla { SecurityProtocol::HYBRID | SecurityProtocol::HYBRID_EX } else { SecurityProtocol::SSL };
         let selected = nego::request_target(&mut framed, offer).await?;
         if !target.rdp_nla {
             if selected != SecurityProtocol::SSL {

@@ -9,6 +9,7 @@
 //! Binary side files are named by the gateway's notes, never read here.
 
 pub mod cast;
+pub mod keyboard_layouts;
 pub mod player;
 pub mod rdp;
 pub mod rdp_keys;

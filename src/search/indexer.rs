@@ -179,8 +179,8 @@ async fn index_rdp(app: &App, session: &str, locator: &str) -> anyhow::Result<us
     let loc = locator.to_string();
     let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<IndexedLine>> {
         let raw = store.open(&loc).with_context(|| format!("cannot read recording {loc}"))?;
-        let (_, records) = crate::recording::frames::read(raw)?;
-        Ok(crate::replay::rdp_keys::key_log(&records)
+        let (header, records) = crate::recording::frames::read(raw)?;
+        Ok(crate::replay::rdp_keys::key_log(&header, &records)
             .into_iter()
             .filter(|l| l.kind == "keys")
             .take(MAX_LINES)
