@@ -365,7 +365,7 @@ impl Env {
 
     /// Runs a gateway command line as `who`.
     async fn cmd(&self, who: &str, line: &str) -> commands::Output {
-        commands::run(&self.app, self.u(who), line).await
+        commands::run(&self.app, self.u(who), std::net::IpAddr::from([127, 0, 0, 1]), line).await
     }
 }
 
@@ -977,9 +977,23 @@ async fn grant_credential_is_never_stored_in_clear(b: Backend) {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v[0]["credential"].as_str(), cred.expose_str());
+    // ...audited with where it was shown and from which address...
+    let shown = env.events("grant.credential_shown").await;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let (_, _, d) = &shown[0];
+    assert_eq!(
+        (d["grant_id"].as_i64(), d["via"].as_str(), d["source"].as_str()),
+        (Some(gid), Some("ssh"), Some("127.0.0.1")),
+        "{d}"
+    );
     // ...and only when asked for.
     let out = env.cmd("alice", "grants --json").await;
     assert!(!out.stdout.contains(cred.expose_str().expect("text")), "{}", out.stdout);
+    assert_eq!(
+        env.events("grant.credential_shown").await.len(),
+        1,
+        "listing without the credential is not audited as shown"
+    );
     // Never in the database or any file of the installation (nor PostgreSQL's files or dump).
     let places = env.install.find_secret(cred.expose());
     assert!(places.is_empty(), "grant credential in clear in: {places:?}");

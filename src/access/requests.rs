@@ -624,7 +624,7 @@ pub async fn grant_credential(app: &App, grant_id: i64) -> Result<Option<Secret>
 
 /// Shows `who` the credential of their own grant `grant_id` (live or upcoming) after a fresh TOTP
 /// code (`auth::confirm_code`: replay guard, lockout); audited `grant.credential_shown` with `via`
-/// (`web`, `api`). Another user's grant is "unknown", as if it did not exist.
+/// (`web`, `api`; over SSH the login's own MFA stands for the code, `via` = `ssh`). Another user's grant is "unknown", as if it did not exist.
 pub async fn reveal_credential(
     app: &App,
     who: &User,
@@ -658,17 +658,31 @@ pub async fn reveal_credential(
         }
     }
     let target = targets::by_id(app, g.target_id).await.map(|t| t.name).unwrap_or_default();
+    credential_shown(app, who, g.id, &target, source, via).await?;
+    Ok(cred)
+}
+
+/// Audits that `who` was shown the credential of its grant `grant_id` (`grant.credential_shown`):
+/// every front end that shows one calls this before it does.
+pub async fn credential_shown(
+    app: &App,
+    who: &User,
+    grant_id: i64,
+    target: &str,
+    source: std::net::IpAddr,
+    via: &str,
+) -> Result<()> {
     let mut tx = app.store.begin_write().await?;
     let ev = Event::GrantCredentialShown {
-        grant_id: g.id,
+        grant_id,
         user: who.name.clone(),
-        target,
+        target: target.to_string(),
         via: via.to_string(),
         source: source.to_string(),
     };
     audit::append(&mut tx, &*app.clock, &who.name, &ev).await?;
     tx.commit().await?;
-    Ok(cred)
+    Ok(())
 }
 
 /// Whether `password` is the credential of a grant of `user_id` on `target` live now.

@@ -159,7 +159,7 @@ impl ChannelTask {
             ChannelKind::Exec(cmd) => match commands::watch_arg(cmd) {
                 Some(Ok(id)) => commands::watch(app, user, &id, rd, wr).await,
                 Some(Err(usage)) => usage,
-                None => commands::run(app, user, cmd).await,
+                None => commands::run(app, user, self.peer.ip(), cmd).await,
             },
             ChannelKind::Shell => {
                 let mut text = commands::help(user);

@@ -206,8 +206,8 @@ fn err_out(e: Error) -> Output {
     fail(e, code)
 }
 
-/// Runs one command line for `who`.
-pub async fn run(app: &App, who: &User, line_text: &str) -> Output {
+/// Runs one command line for `who`, connected from `source`.
+pub async fn run(app: &App, who: &User, source: std::net::IpAddr, line_text: &str) -> Output {
     let argv = match split(line_text) {
         Ok(a) => a,
         Err(e) => return fail(e, 2),
@@ -230,13 +230,13 @@ pub async fn run(app: &App, who: &User, line_text: &str) -> Output {
             return if e.use_stderr() { Output { stdout: String::new(), stderr: text, code: 2 } } else { ok(text) };
         }
     };
-    match execute(app, who, gw.cmd, gw.json).await {
+    match execute(app, who, source, gw.cmd, gw.json).await {
         Ok(o) => o,
         Err(e) => err_out(e),
     }
 }
 
-async fn execute(app: &App, who: &User, cmd: Cmd, json: bool) -> Result<Output, Error> {
+async fn execute(app: &App, who: &User, source: std::net::IpAddr, cmd: Cmd, json: bool) -> Result<Output, Error> {
     let sees_all = matches!(who.role, Role::Manager | Role::Admin | Role::Auditor);
     Ok(match cmd {
         Cmd::Whoami => {
@@ -283,10 +283,16 @@ async fn execute(app: &App, who: &User, cmd: Cmd, json: bool) -> Result<Output, 
                     continue;
                 }
                 let target = crate::targets::by_id(app, g.target_id).await.map(|t| t.name).unwrap_or_default();
-                let credential = if show_credential {
-                    requests::grant_credential(app, g.id).await?.and_then(|c| c.expose_str().map(str::to_string))
-                } else {
-                    None
+                let credential = match show_credential {
+                    true => match requests::grant_credential(app, g.id).await? {
+                        Some(c) => {
+                            // Shown only once the showing is audited.
+                            requests::credential_shown(app, who, g.id, &target, source, "ssh").await?;
+                            c.expose_str().map(str::to_string)
+                        }
+                        None => None,
+                    },
+                    false => None,
                 };
                 rows.push((g, target, credential));
             }
