@@ -29,6 +29,25 @@ pub struct Live {
 #[derive(Debug, Default)]
 pub struct Registry(Mutex<HashMap<String, Live>>);
 
+/// Access ending within this many seconds is announced ("ends in 10 minutes").
+pub const FIRST_NOTICE_SECS: i64 = 600;
+/// The last notice ("ends in 1 minute").
+pub const LAST_NOTICE_SECS: i64 = 60;
+
+/// What every front end tells a vendor whose access ends at `valid_until`, when that is
+/// within [`FIRST_NOTICE_SECS`] of `now`.
+pub fn ending_message(valid_until: i64, now: i64) -> Option<String> {
+    let left = valid_until - now;
+    let at = crate::clock::fmt_ts(valid_until);
+    if left > FIRST_NOTICE_SECS {
+        None
+    } else if left <= LAST_NOTICE_SECS {
+        Some(format!("your access ends in 1 minute (at {at})"))
+    } else {
+        Some(format!("your access ends in {} minutes (at {at})", (left + 59) / 60))
+    }
+}
+
 impl Registry {
     /// Adds a session; returns the receivers its relay listens on.
     pub fn add(&self, id: &str, valid_until: i64) -> (watch::Receiver<Option<EndReason>>, mpsc::Receiver<String>) {
@@ -45,13 +64,13 @@ impl Registry {
         if let Ok(mut m) = self.0.lock() {
             for l in m.values_mut() {
                 let left = l.valid_until - now;
-                let at = crate::clock::fmt_ts(l.valid_until);
-                if left <= 60 && !l.warned.1 {
+                let Some(text) = ending_message(l.valid_until, now) else { continue };
+                if left <= LAST_NOTICE_SECS && !l.warned.1 {
                     l.warned = (true, true);
-                    let _ = l.notices.try_send(format!("your access ends in 1 minute (at {at})"));
-                } else if left <= 600 && !l.warned.0 {
+                    let _ = l.notices.try_send(text);
+                } else if left > LAST_NOTICE_SECS && !l.warned.0 {
                     l.warned.0 = true;
-                    let _ = l.notices.try_send(format!("your access ends in {} minutes (at {at})", (left + 59) / 60));
+                    let _ = l.notices.try_send(text);
                 }
             }
         }

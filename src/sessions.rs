@@ -273,6 +273,53 @@ pub async fn request_kill(app: &App, actor: &str, id_or_prefix: &str) -> Result<
     Ok(id)
 }
 
+/// A live session whose access ends soon (see [`crate::live::ending_message`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndingSoon {
+    /// Session id.
+    pub session: String,
+    /// Target name.
+    pub target: String,
+    /// `ssh` or `rdp`.
+    pub protocol: String,
+    /// When the grant ends (Unix seconds).
+    pub ends_at: i64,
+    /// Seconds left.
+    pub seconds_left: i64,
+    /// The notice's text.
+    pub message: String,
+}
+
+/// The live sessions of `user_id`, on any gateway, whose grant ends within the first notice's
+/// time: what the web console shows its vendor (the session's own channel gets the same
+/// notices from `live::Registry`).
+pub async fn ending_soon(app: &App, user_id: i64) -> Result<Vec<EndingSoon>> {
+    let now = app.clock.now();
+    let rows = sqlx::query(
+        "SELECT s.id, t.name, s.protocol, g.valid_until FROM sessions s JOIN grants g ON g.id = s.grant_id \
+         LEFT JOIN targets t ON t.id = s.target_id WHERE s.user_id = $1 AND s.ended_at IS NULL \
+         AND g.revoked_at IS NULL AND g.valid_until <= $2 ORDER BY g.valid_until, s.id LIMIT 100",
+    )
+    .bind(user_id)
+    .bind(now + crate::live::FIRST_NOTICE_SECS)
+    .fetch_all(app.store.pool())
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let ends_at: i64 = r.try_get(3)?;
+        let Some(message) = crate::live::ending_message(ends_at, now) else { continue };
+        out.push(EndingSoon {
+            session: r.try_get(0)?,
+            target: r.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+            protocol: r.try_get(2)?,
+            ends_at,
+            seconds_left: (ends_at - now).max(0),
+            message,
+        });
+    }
+    Ok(out)
+}
+
 /// Sessions, newest first.
 pub async fn list(app: &App, live_only: bool) -> Result<Vec<SessionRow>> {
     select(app, if live_only { "WHERE s.ended_at IS NULL" } else { "" }, &[], None).await

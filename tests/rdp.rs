@@ -961,6 +961,23 @@ fn rdp_session_events_and_ending_notice_reach_the_webhook() {
         assert!(Instant::now() < end, "webhooks: {:?}\n{}", bodies.lock().expect("lock"), lab.gw.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The web console's notices (the banner on alice's pages polls this) carry it too; bob
+    // sees none.
+    let notices = |who: &str| {
+        let out = lab.i.ok(&["token", "create", "--user", who, "--expires", "1h"]);
+        let token = out.lines().last().expect("token line").trim().to_string();
+        let o = Command::new("curl")
+            .args(["-sk", "-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://127.0.0.1:{}/api/v1/notices", lab.gw.web_port))
+            .output()
+            .expect("curl");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("notices JSON")
+    };
+    let mine = notices("alice");
+    assert_eq!(mine[0]["session"], id.as_str(), "{mine}");
+    assert_eq!(mine[0]["protocol"], "rdp", "{mine}");
+    assert!(mine[0]["message"].as_str().is_some_and(|m| m.contains("ends in 10 minutes")), "{mine}");
+    assert_eq!(notices("bob"), serde_json::json!([]), "another vendor's session is not bob's notice");
     kill_and_wait(&lab, &id);
     let _ = wait_timeout(&mut client.0, Duration::from_secs(5));
     let end = Instant::now() + Duration::from_secs(10);

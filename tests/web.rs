@@ -105,6 +105,7 @@ fn api_roles_csrf_tokens(b: Backend) {
         "/api/v1/grants/{id}/revoke",
         "/api/v1/sessions",
         "/api/v1/sessions/{id}/kill",
+        "/api/v1/notices",
         "/api/v1/search",
         "/api/v1/audit",
     ] {
@@ -159,6 +160,7 @@ fn api_roles_csrf_tokens(b: Backend) {
     check_route(&web, &tokens, "GET", "/api/v1/grants", None, [200; 5]);
     check_route(&web, &tokens, "GET", "/api/v1/sessions", None, [200; 5]);
     check_route(&web, &tokens, "GET", "/api/v1/sessions?live=true", None, [200; 5]);
+    check_route(&web, &tokens, "GET", "/api/v1/notices", None, [200; 5]);
     check_route(&web, &tokens, "POST", &format!("/api/v1/sessions/{zero}/kill"), None, [403, 403, 404, 403, 404]);
     check_route(&web, &tokens, "POST", "/api/v1/grants/999999/revoke", None, [403, 403, 404, 403, 404]);
     check_route(&web, &tokens, "GET", "/api/v1/search?q=hello", None, [403, 403, 200, 200, 200]);

@@ -235,6 +235,52 @@ fn browser_manager_watches_live_ssh() {
     lab.finish();
 }
 
+/// A vendor whose grant ends in 9 minutes has a live ssh session and its console open in a
+/// real headless Chromium: the banner says its access ends in 9 minutes, and it goes away
+/// without a reload once the session has ended. (The same notice goes to the session itself.)
+#[test]
+fn browser_vendor_sees_ending_notice() {
+    let lab = Lab::new(Backend::Sqlite);
+    let mut v = lab.vendor_without_grant();
+    v.grant = Some(lab.grant(&v.name, common::sshd::TARGET, "9m"));
+    // The session first: its login uses this step's code, the browser's the next one.
+    let mut typist = Typist::start(&lab, &v);
+    typist.type_text("echo READY-$((40+2))\n");
+    assert!(typist.wait_text("READY-42", T), "{}", typist.text());
+    let p = Person::new(v);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(dir.join("node_modules/playwright-core").is_dir(), "run `npm ci` in {} (scripts/test does)", dir.display());
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-notice-browser");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let mut node = Command::new("node");
+    node.arg(dir.join("notices.mjs"))
+        .current_dir(&dir)
+        .env("PENSTOCK_URL", format!("https://127.0.0.1:{}/", lab.web_port()))
+        .env("PENSTOCK_USER", p.name())
+        .env("PENSTOCK_PASSWORD", &p.v.password)
+        .env("PENSTOCK_CODE", p.code_ahead())
+        .env("PENSTOCK_NOTICE", "ends in 9 minutes")
+        .env("PENSTOCK_SHOTS", &shots);
+    let mut browser = Live::spawn(&mut node);
+    assert!(
+        browser.wait_text("seen notice", Duration::from_secs(90)),
+        "{} (screenshots in {})",
+        browser.text(),
+        shots.display()
+    );
+    assert!(browser.text().contains(&format!("SSH session on {}", common::sshd::TARGET)), "{}", browser.text());
+    assert!(typist.exit(T), "{}", typist.text());
+    let st = browser.wait(Duration::from_secs(90)).expect("browser script ends");
+    assert!(
+        st.success() && browser.text().contains("notice gone"),
+        "{} (screenshots in {})",
+        browser.text(),
+        shots.display()
+    );
+    lab.finish();
+}
+
 /// A vendor's recorded session, ended, with `word` typed (`echo` of an arithmetic that prints
 /// it); its id.
 fn recorded_session(lab: &Lab, v: &Vendor, prefix: &str) -> String {

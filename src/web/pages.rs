@@ -49,7 +49,9 @@ pub(super) async fn layout(web: &Web, c: &Caller, title: &str, body: &str) -> Re
          <a href=\"/audit/sessions\">Recordings</a> {log}<a href=\"/account\">Account</a>{extra}</nav>\
          <div class=\"who\">{u} ({r}) <form method=\"post\" action=\"/logout\" class=\"inline\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Log out</button></form></div></header>\
-         <main><h1>{t}</h1>{body}</main></body></html>",
+         <div id=\"notices\" aria-live=\"polite\"></div>\
+         <main><h1>{t}</h1>{body}</main><script src=\"{notices}\"></script></body></html>",
+        notices = super::assets::url("notices.js"),
         t = esc(title),
         u = esc(&c.user.name),
         r = c.user.role,

@@ -437,9 +437,45 @@ async fn api_reveal(
     Ok(Json(ApiCredential { grant_id: id, target: t.name, credential: cred.expose_str().unwrap_or("").to_string() }))
 }
 
+/// A live session of the caller whose access ends soon.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ApiNotice {
+    /// Session id.
+    session: String,
+    /// Target name.
+    target: String,
+    /// `ssh` or `rdp`.
+    protocol: String,
+    /// When the grant ends (Unix seconds).
+    ends_at: i64,
+    /// Seconds left.
+    seconds_left: i64,
+    /// The notice ("your access ends in 10 minutes (at …)").
+    message: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/notices", tag = "sessions",
+    responses((status = 200, body = [ApiNotice]), (status = 401, body = super::api::ApiError)))]
+async fn api_notices(State(web): State<Web>, h: HeaderMap) -> Result<Json<Vec<ApiNotice>>, WebError> {
+    let c = caller(&web, &h).await?;
+    let list = sessions::ending_soon(&web.app, c.user.id).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|n| ApiNotice {
+                session: n.session,
+                target: n.target,
+                protocol: n.protocol,
+                ends_at: n.ends_at,
+                seconds_left: n.seconds_left,
+                message: n.message,
+            })
+            .collect(),
+    ))
+}
+
 /// The vendor routes of the OpenAPI document.
 #[derive(OpenApi)]
-#[openapi(paths(api_connect, api_reveal))]
+#[openapi(paths(api_connect, api_reveal, api_notices))]
 pub(super) struct VendorApi;
 
 pub(super) fn routes() -> Router<Web> {
@@ -452,5 +488,8 @@ pub(super) fn routes() -> Router<Web> {
 }
 
 pub(super) fn api_routes() -> Router<Web> {
-    Router::new().route("/grants/{id}/connect", get(api_connect)).route("/grants/{id}/credential", post(api_reveal))
+    Router::new()
+        .route("/grants/{id}/connect", get(api_connect))
+        .route("/grants/{id}/credential", post(api_reveal))
+        .route("/notices", get(api_notices))
 }
