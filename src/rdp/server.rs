@@ -168,10 +168,12 @@ async fn refuse(
 
 async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result<(), RdpError> {
     let app = &shared.app;
+    let accepted = std::time::Instant::now();
     let deadline = Duration::from_secs(app.config.rdp.login_timeout_secs.max(1));
     let (mut vendor, who, chosen) = tokio::time::timeout(deadline, login(shared, tcp, peer))
         .await
         .map_err(|_| RdpError::Protocol("the vendor did not log in in time".into()))??;
+    let vendor_login = accepted.elapsed();
     tracing::info!(%peer, user = %who.principal.name, target = %who.target, "RDP login");
     let early = chosen == SecurityProtocol::HYBRID_EX;
     let target = match targets::get(app, &who.target).await {
@@ -198,7 +200,9 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
             return Err(refuse(app, &mut vendor, early, &who, peer, e).await);
         }
     };
+    let leg_started = std::time::Instant::now();
     let leg = target::connect(app, &target, &credential).await;
+    let target_leg = leg_started.elapsed();
     // NLA targets got the credential in CredSSP; others get it in the Client Info PDU.
     let autologon = (!target.rdp_nla)
         .then(|| super::input::AutoLogon { login: target.login.clone(), password: credential.clone() });
@@ -265,7 +269,17 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         return Err(refuse(app, &mut vendor, false, &who, peer, e).await);
     }
     let (stop, mut notices) = shared.registry.add(&id, grant.valid_until);
-    tracing::info!(session = %id, user = %who.principal.name, target = %target.name, "RDP session started");
+    // Setup times: the vendor's NLA (its client's round trips included), the target leg (TCP,
+    // TLS, NLA with the vaulted account), and all of it up to the relay (bench/PERFORMANCE.md).
+    tracing::info!(
+        session = %id,
+        user = %who.principal.name,
+        target = %target.name,
+        vendor_login_ms = vendor_login.as_millis() as u64,
+        target_leg_ms = target_leg.as_millis() as u64,
+        setup_ms = accepted.elapsed().as_millis() as u64,
+        "RDP session started"
+    );
     app.notifier.send(
         "session.started",
         format!("Penstock: {} started an RDP session on {} (session {id}).", who.principal.name, target.name),
