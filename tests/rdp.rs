@@ -713,6 +713,43 @@ fn rdp_key_log_follows_the_clients_keyboard_layout() {
     assert!(!us_note.contains("layout"), "no note for US English: {us_note}");
 }
 
+/// A live RDP session ends when its grant is revoked, and when its grant runs out: within a
+/// second of the revoke or of the grant's end, with the vendor's client closed and the reason
+/// stored.
+#[test]
+fn rdp_revoke_and_expiry_end_a_live_session() {
+    let lab = Lab::new(None);
+    let (gid, cred) = lab.grant("alice");
+    let (mut client, id, _) = start_session_with(&lab, TARGET, &cred, &["/size:800x600"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    common::block_on(async {
+        let app = lab.i.app().await;
+        let mia = users::get(&app, "mia").await.expect("mia");
+        requests::revoke(&app, &mia, gid, true).await.expect("revoke");
+    });
+    let st = wait_timeout(&mut client.0, Duration::from_secs(5));
+    let took = t0.elapsed();
+    assert!(st.is_some(), "the revoke ends the vendor's client\n{}", lab.gw.log_text());
+    assert!(took < Duration::from_millis(1500), "revoke to closed client took {took:?}");
+    let s = lab.sessions().into_iter().find(|s| s["id"] == id.as_str()).expect("row");
+    assert!(!s["ended_at"].is_null(), "{s}");
+
+    // A grant of 12 s: the session runs, then ends at the grant's end.
+    let (gid2, cred2) = lab.grant_for("alice", TARGET, 12);
+    let until = common::block_on(async {
+        let app = lab.i.app().await;
+        penstock::access::get(&app, gid2).await.expect("grant").valid_until
+    });
+    let (mut client, id, _) = start_session_with(&lab, TARGET, &cred2, &["/size:800x600"]);
+    let st = wait_timeout(&mut client.0, Duration::from_secs(20));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!(st.is_some(), "the grant's end ends the vendor's client\n{}", lab.gw.log_text());
+    assert!(now - (until as f64) < 1.5, "the session outlived its grant by {:.1} s", now - until as f64);
+    let s = lab.sessions().into_iter().find(|s| s["id"] == id.as_str()).expect("row");
+    assert_eq!(s["end_reason"], "expired", "{s}");
+}
+
 /// An NLA login over HYBRID_EX (NLA with the Early User Authorization Result, what mstsc
 /// asks for) by IronRDP's client (FreeRDP 2's `/sec:ext` cannot finish a HYBRID_EX
 /// negotiation: its client has no branch for the selected protocol). The result: `Ok` when the
