@@ -750,6 +750,29 @@ fn rdp_revoke_and_expiry_end_a_live_session() {
     assert_eq!(s["end_reason"], "expired", "{s}");
 }
 
+/// Fail closed: with the recordings disk full (a free-space floor no disk meets), a vendor with
+/// a live grant and the right credential gets no session: no session row, no recording, the
+/// client ends, and the refusal is audited.
+#[test]
+fn rdp_session_refused_when_it_cannot_be_recorded() {
+    let lab = Lab::with(None, &[], &[("PENSTOCK_RECORDINGS_MIN_FREE_MIB", "100000000")]);
+    let (_, cred) = lab.grant("alice");
+    let mut c = lab.xfreerdp(&format!("alice@{TARGET}"), &cred, &["/size:800x600"]);
+    let mut child = die_with_parent(c.stdout(Stdio::null()).stderr(Stdio::null())).spawn().expect("xfreerdp");
+    let st = wait_timeout(&mut child, Duration::from_secs(20));
+    let _ = child.kill();
+    assert!(st.is_some_and(|s| !s.success()), "the client is turned away\n{}", lab.gw.log_text());
+    assert!(lab.sessions().is_empty(), "a session was stored: {:?}", lab.sessions());
+    let frames: Vec<_> = common::files_under(&lab.i.dir().join("recordings"))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "frames"))
+        .collect();
+    assert!(frames.is_empty(), "a recording was created: {frames:?}");
+    assert!(lab.gw.log_text().contains("cannot start the RDP recording"), "{}", lab.gw.log_text());
+    let kinds = lab.audit_kinds();
+    assert!(kinds.iter().any(|(k, d)| k == "session.refused" && d.contains("recording")), "{kinds:?}");
+}
+
 /// An NLA login over HYBRID_EX (NLA with the Early User Authorization Result, what mstsc
 /// asks for) by IronRDP's client (FreeRDP 2's `/sec:ext` cannot finish a HYBRID_EX
 /// negotiation: its client has no branch for the selected protocol). The result: `Ok` when the
