@@ -15,6 +15,7 @@
 //! | `recording` | the recording header (what a decoder needs) |
 
 pub mod credssp;
+pub mod guard;
 pub mod input;
 pub mod nego;
 pub mod recording;

@@ -15,6 +15,7 @@ use ironrdp_pdu::x224::{X224Data, X224};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::guard::{Forward, Refusal, TargetGuard};
 use super::input::{rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_INFO, CLIENT_INPUT, MAX_HOLD};
 use super::RdpError;
 use crate::policy::Channels;
@@ -123,7 +124,7 @@ async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u
 }
 
 /// Byte counts and why the relay ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// Vendor → target.
     pub up: u64,
@@ -131,6 +132,8 @@ pub struct Outcome {
     pub down: u64,
     /// Why.
     pub reason: EndReason,
+    /// What the target guard stopped, when it ended the session.
+    pub refused: Option<Refusal>,
 }
 
 /// Relays until either side closes, `stop` says so, or the recording fails. `vendor_leftover`
@@ -195,7 +198,9 @@ where
             record_client(recorder, &mut tap, &out).await?;
         }
     };
+    let refused: std::sync::OnceLock<Refusal> = std::sync::OnceLock::new();
     let downward = async {
+        let mut guard = TargetGuard::default();
         let mut pending = target_leftover;
         loop {
             if pending.is_empty() {
@@ -207,14 +212,23 @@ where
                 }
             }
             let chunk: Bytes = pending.split().freeze();
+            // Everything the target sent is recorded, what the guard stops included (evidence).
             recorder.record(SERVER_TO_CLIENT, chunk.clone()).await.map_err(std::io::Error::other)?;
-            vw.write_all(&chunk).await?;
+            match guard.feed(&chunk) {
+                Ok(Forward::All) => vw.write_all(&chunk).await?,
+                Ok(Forward::Part(b)) => vw.write_all(&b).await?,
+                Err(refusal) => {
+                    let _ = refused.set(refusal);
+                    return Err(std::io::Error::other("stopped by the target guard"));
+                }
+            }
             down += chunk.len() as u64;
         }
     };
     let reason = tokio::select! {
         r = async { tokio::try_join!(upward, downward) } => match r {
             Ok(_) => EndReason::Closed,
+            Err(_) if refused.get().is_some() => EndReason::Error,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => EndReason::Closed,
             Err(e) => {
                 tracing::info!(error = %e, "RDP relay ended");
@@ -224,5 +238,5 @@ where
         r = stop.wait_for(Option::is_some) => r.ok().and_then(|v| *v).unwrap_or(EndReason::Killed),
         _ = failed.wait_for(Option::is_some) => EndReason::Error,
     };
-    Outcome { up, down, reason }
+    Outcome { up, down, reason, refused: refused.into_inner() }
 }

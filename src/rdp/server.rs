@@ -308,11 +308,23 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         }
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "cannot write to the RDP target");
-            relay::Outcome { up: 0, down: 0, reason: EndReason::Error }
+            relay::Outcome { up: 0, down: 0, reason: EndReason::Error, refused: None }
         }
     };
     shared.registry.remove(&id);
     notice_task.abort();
+    if let Some(refusal) = &outcome.refused {
+        tracing::warn!(session = %id, target = %target.name, "{refusal}");
+        let ev = Event::SessionRefused {
+            user: who.principal.name.clone(),
+            target: target.name.clone(),
+            source: peer.to_string(),
+            reason: format!("session {id}: {refusal}"),
+        };
+        if let Err(e) = audit::record(&app.store, &*app.clock, &who.principal.name, &ev).await {
+            tracing::error!(error = %e, "cannot audit the target guard's refusal");
+        }
+    }
     let (reason, sha) = match recorder.finish().await {
         Ok(h) => (outcome.reason, Some(h)),
         Err(e) => {
