@@ -15,7 +15,10 @@ use ironrdp_pdu::x224::{X224Data, X224};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::input::{rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_INFO, CLIENT_INPUT, MAX_HOLD};
+use super::input::{
+    recorded_channel_ids, rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_CHANNEL, CLIENT_INFO,
+    CLIENT_INPUT, MAX_HOLD,
+};
 use super::RdpError;
 use crate::policy::Channels;
 use crate::recording::frames::{FrameRecorder, SERVER_TO_CLIENT};
@@ -107,6 +110,7 @@ async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u
         let (kind, data) = match c {
             Classified::Input(b) => (CLIENT_INPUT, Bytes::from(b)),
             Classified::Info(note) => (CLIENT_INFO, Bytes::from(note.into_bytes())),
+            Classified::Channel(b) => (CLIENT_CHANNEL, Bytes::from(b)),
             Classified::Other => continue,
         };
         recorder.record(kind, data).await.map_err(std::io::Error::other)?;
@@ -133,8 +137,39 @@ pub struct Outcome {
     pub reason: EndReason,
 }
 
+/// Finds the target's MCS Connect Response (its first PDU after the handshake) in the first
+/// bytes it sends, for the channel ids of the recorded channels. Looks at one PDU only
+/// (bounded); after that it is done, and the relay's downward path is a plain copy again.
+#[derive(Debug, Default)]
+struct ConnectScan {
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl ConnectScan {
+    /// Feeds bytes the target sent; the recorded channels' ids once the first PDU is whole.
+    fn feed(&mut self, bytes: &[u8], names: &[String]) -> Option<Vec<u16>> {
+        if self.done {
+            return None;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(CHUNK)]);
+        let found = match ironrdp_pdu::find_size(&self.buf) {
+            Ok(Some(i)) if i.length > 0 && self.buf.len() >= i.length => {
+                Some(recorded_channel_ids(&self.buf[..i.length], names).unwrap_or_default())
+            }
+            Ok(None) if self.buf.len() < CHUNK => return None,
+            _ => Some(Vec::new()),
+        };
+        self.done = true;
+        self.buf = Vec::new();
+        found
+    }
+}
+
 /// Relays until either side closes, `stop` says so, or the recording fails. `vendor_leftover`
-/// and `target_leftover` are bytes already read past the handshakes.
+/// and `target_leftover` are bytes already read past the handshakes; `channels` are the static
+/// channels as the target was asked for them (allowed `cliprdr`/`rdpdr` among them are recorded
+/// in both directions).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<V, T>(
     vendor: V,
@@ -144,6 +179,7 @@ pub async fn run<V, T>(
     recorder: &FrameRecorder,
     mut stop: watch::Receiver<Option<EndReason>>,
     autologon: Option<AutoLogon>,
+    channels: Vec<String>,
 ) -> Outcome
 where
     V: AsyncRead + AsyncWrite + Unpin,
@@ -154,8 +190,13 @@ where
     let mut failed = recorder.failure_watch();
     let mut up = 0u64;
     let mut down = 0u64;
+    // The recorded channels' ids, set by the downward path from the target's Connect
+    // Response before it reaches the vendor (so before the vendor can use them).
+    let recorded_ids: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    let tapping = channels.iter().any(|n| super::input::RECORDED_CHANNELS.iter().any(|r| n.eq_ignore_ascii_case(r)));
     let upward = async {
         let mut tap = ClientTap::default();
+        let mut ids_set = false;
         // Auto-logon: the vendor's stream is held back PDU by PDU until its Client Info PDU,
         // which goes on with the vaulted account instead of the vendor's credentials.
         let mut logon = autologon;
@@ -192,10 +233,17 @@ where
             }
             tw.write_all(&out).await?;
             up += out.len() as u64;
+            if !ids_set {
+                if let Some(ids) = recorded_ids.get() {
+                    tap.recorded = ids.clone();
+                    ids_set = true;
+                }
+            }
             record_client(recorder, &mut tap, &out).await?;
         }
     };
     let downward = async {
+        let mut scan = ConnectScan { done: !tapping, ..ConnectScan::default() };
         let mut pending = target_leftover;
         loop {
             if pending.is_empty() {
@@ -207,6 +255,9 @@ where
                 }
             }
             let chunk: Bytes = pending.split().freeze();
+            if let Some(ids) = scan.feed(&chunk, &channels) {
+                let _ = recorded_ids.set(ids);
+            }
             recorder.record(SERVER_TO_CLIENT, chunk.clone()).await.map_err(std::io::Error::other)?;
             vw.write_all(&chunk).await?;
             down += chunk.len() as u64;

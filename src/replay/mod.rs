@@ -11,6 +11,7 @@
 pub mod cast;
 pub mod player;
 pub mod rdp;
+pub mod rdp_channels;
 pub mod rdp_keys;
 pub mod transcript;
 
