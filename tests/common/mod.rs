@@ -21,6 +21,8 @@ pub mod postgres;
 pub mod s3;
 pub mod sshd;
 pub mod web;
+pub mod x11;
+pub mod xrdp;
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -409,6 +411,20 @@ impl Install {
             store.close().await;
             n
         })
+    }
+
+    /// Asserts that `secret` is nowhere ([`Install::find_secret`]), nor as UTF-16 (as RDP
+    /// carries it) in any file under the installation folder.
+    #[track_caller]
+    pub fn assert_secret_nowhere(&self, secret: &str) {
+        let mut hits = self.find_secret(secret.as_bytes());
+        let utf16: Vec<u8> = secret.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        for f in files_under(&self.dir()) {
+            if contains(&std::fs::read(&f).unwrap_or_default(), &utf16) {
+                hits.push(format!("UTF-16 in {}", f.display()));
+            }
+        }
+        assert!(hits.is_empty(), "the secret leaked: {hits:?}");
     }
 
     /// Where `secret` (as bytes, or hex-encoded as a `bytea` dump would show it) can be found:
