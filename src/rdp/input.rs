@@ -240,3 +240,42 @@ fn replace_credentials(pdu: &[u8], logon: &AutoLogon) -> Result<Option<Vec<u8>>,
         .map_err(|e| format!("encode Client Info: {e}"))?;
     Ok(Some(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn send_data(channel_id: u16, data: &[u8]) -> Vec<u8> {
+        let req = ironrdp_pdu::mcs::SendDataRequest { initiator_id: 1007, channel_id, user_data: Cow::Borrowed(data) };
+        ironrdp_core::encode_vec(&X224(McsMessage::SendDataRequest(req))).expect("encode")
+    }
+
+    /// Send Data Requests are recorded on the recorded channels only, whatever they carry
+    /// (garbage included: the tap never parses channel contents); other channels' data is not;
+    /// a stream that cannot be split stops the tap, never the relay, and never panics.
+    #[test]
+    fn channel_data_is_kept_only_on_recorded_channels() {
+        let mut tap = ClientTap { recorded: vec![1004, 1005], ..ClientTap::default() };
+        let garbage = [0xffu8; 40];
+        let mut stream = send_data(1005, &garbage);
+        stream.extend(send_data(1006, b"other channel"));
+        stream.extend(send_data(1004, &[]));
+        stream.extend(send_data(1003, &[0x40, 0, 0, 0, 1, 2, 3]));
+        // Fed one byte at a time: PDUs split anywhere.
+        let mut got = Vec::new();
+        for b in &stream {
+            got.extend(tap.feed(std::slice::from_ref(b)));
+        }
+        let channel: Vec<_> = got.iter().filter(|c| matches!(c, Classified::Channel(_))).collect();
+        assert_eq!(channel.len(), 2, "{got:?}");
+        assert!(!tap.broken);
+        // Hostile framing: a TPKT announcing more than the tap holds.
+        let mut bad = vec![3u8, 0, 0xff, 0xff];
+        bad.extend([0u8; 100]);
+        let _ = tap.feed(&bad);
+        let _ = tap.feed(&[0u8; 70_000]);
+        assert!(tap.broken);
+        assert!(tap.feed(&stream).is_empty());
+    }
+}

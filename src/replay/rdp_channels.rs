@@ -779,3 +779,238 @@ pub fn display(c: &ChannelLine) -> String {
     let text: String = c.text.chars().map(|ch| if ch == '\n' { '\u{23ce}' } else { ch }).collect();
     format!("{:<9} {:<14} {:<13} {text}{bytes}", c.channel, c.direction, c.kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIP: u16 = 1005;
+    const DR: u16 = 1004;
+
+    fn log() -> ChannelLog {
+        let mut l = ChannelLog::default();
+        l.ids.insert(CLIP, "cliprdr");
+        l.ids.insert(DR, "rdpdr");
+        l
+    }
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().chain([0]).flat_map(|u| u.to_le_bytes()).collect()
+    }
+
+    /// A virtual channel message in chunks of `chunk` bytes (Channel PDU Header each).
+    fn chunks(msg: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let parts: Vec<&[u8]> = msg.chunks(chunk.max(1)).collect();
+        let n = parts.len();
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut flags = 0u32;
+                if i == 0 {
+                    flags |= CHANNEL_FLAG_FIRST;
+                }
+                if i + 1 == n {
+                    flags |= CHANNEL_FLAG_LAST;
+                }
+                let mut v = (msg.len() as u32).to_le_bytes().to_vec();
+                v.extend_from_slice(&flags.to_le_bytes());
+                v.extend_from_slice(p);
+                v
+            })
+            .collect()
+    }
+
+    fn clip_pdu(kind: u16, flags: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = kind.to_le_bytes().to_vec();
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn send(l: &mut ChannelLog, id: u16, dir: Dir, msg: &[u8], chunk: usize) {
+        for c in chunks(msg, chunk) {
+            l.channel_data(id, dir, &c);
+        }
+    }
+
+    /// Short format names (no capabilities exchanged): 32-byte names.
+    fn short_list(entries: &[(u32, &str)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (id, name) in entries {
+            v.extend_from_slice(&id.to_le_bytes());
+            let mut n = utf16(name);
+            n.resize(32, 0);
+            v.extend_from_slice(&n);
+        }
+        v
+    }
+
+    #[test]
+    fn clipboard_text_both_ways_and_files() {
+        let mut l = log();
+        // The vendor offers text; the target asks for it; the vendor answers (in 3 chunks).
+        send(&mut l, CLIP, Dir::ToTarget, &clip_pdu(2, 0, &short_list(&[(13, "")])), 1600);
+        send(&mut l, CLIP, Dir::ToVendor, &clip_pdu(4, 0, &13u32.to_le_bytes()), 1600);
+        send(&mut l, CLIP, Dir::ToTarget, &clip_pdu(5, 1, &utf16("pump 3 setpoint\r\n= 42")), 16);
+        // The target offers a file list; the vendor asks; the target answers; then contents.
+        let mut fg = 2u32.to_le_bytes().to_vec();
+        for (name, size) in [("recipe.csv", 1234u64), ("..\\evil.exe", 5_000_000_000)] {
+            let mut d = vec![0u8; 592];
+            d[64..68].copy_from_slice(&((size >> 32) as u32).to_le_bytes());
+            d[68..72].copy_from_slice(&(size as u32).to_le_bytes());
+            let n = utf16(name);
+            d[72..72 + n.len()].copy_from_slice(&n);
+            fg.extend_from_slice(&d);
+        }
+        // Both sides announce long format names; the file list format is named that way.
+        let caps: Vec<u8> = [1u16, 0, 1, 12].iter().flat_map(|w| w.to_le_bytes()).chain(words(&[2, 0x2])).collect();
+        send(&mut l, CLIP, Dir::ToVendor, &clip_pdu(7, 0, &caps), 1600);
+        send(&mut l, CLIP, Dir::ToTarget, &clip_pdu(7, 0, &caps), 1600);
+        let mut long = 0xc0a1u32.to_le_bytes().to_vec();
+        long.extend(utf16("FileGroupDescriptorW"));
+        long.extend(13u32.to_le_bytes());
+        long.extend(utf16(""));
+        send(&mut l, CLIP, Dir::ToVendor, &clip_pdu(2, 0, &long), 1600);
+        send(&mut l, CLIP, Dir::ToTarget, &clip_pdu(4, 0, &0xc0a1u32.to_le_bytes()), 1600);
+        send(&mut l, CLIP, Dir::ToVendor, &clip_pdu(5, 1, &fg), 300);
+        for _ in 0..2 {
+            let mut req = Vec::new();
+            for v in [7u32, 0, 2, 0, 0, 600] {
+                req.extend_from_slice(&v.to_le_bytes());
+            }
+            send(&mut l, CLIP, Dir::ToTarget, &clip_pdu(8, 0, &req), 1600);
+            let mut resp = 7u32.to_le_bytes().to_vec();
+            resp.extend_from_slice(&[0x41; 600]);
+            send(&mut l, CLIP, Dir::ToVendor, &clip_pdu(9, 1, &resp), 1600);
+        }
+        let lines = l.lines;
+        let text: Vec<_> = lines.iter().filter(|l| l.kind == "text").collect();
+        assert_eq!(text.len(), 1, "{lines:?}");
+        assert_eq!(text[0].text, "pump 3 setpoint\n= 42");
+        assert_eq!(text[0].direction, "vendor->target");
+        let files: Vec<_> = lines.iter().filter(|l| l.kind == "files").collect();
+        assert_eq!(files.len(), 2, "{lines:?}");
+        assert_eq!((files[0].text.as_str(), files[0].bytes), ("recipe.csv", Some(1234)));
+        assert_eq!(files[1].bytes, Some(5_000_000_000));
+        assert_eq!(files[0].direction, "target->vendor");
+        let contents: Vec<_> = lines.iter().filter(|l| l.kind == "file-contents").collect();
+        assert_eq!(contents.len(), 1, "{lines:?}");
+        assert_eq!((contents[0].text.as_str(), contents[0].bytes), ("recipe.csv", Some(1200)));
+        assert!(search_lines(text[0]).iter().any(|s| s.ends_with("= 42")));
+    }
+
+    fn dr(packet: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = RDPDR_CORE.to_le_bytes().to_vec();
+        v.extend_from_slice(&packet.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn words(ws: &[u32]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn drive_announce_open_read_write_close() {
+        let mut l = log();
+        let mut ann = words(&[1, 8, 3]);
+        ann.extend_from_slice(b"PLCSHARE");
+        let full = utf16("plcshare");
+        ann.extend_from_slice(&(full.len() as u32).to_le_bytes());
+        ann.extend_from_slice(&full);
+        send(&mut l, DR, Dir::ToTarget, &dr(PAKID_DEVICELIST_ANNOUNCE, &ann), 1600);
+        // Create \recipe.txt (completion 9) → file id 5.
+        let path = utf16("\\recipe.txt");
+        let mut create = words(&[3, 0, 9, IRP_MJ_CREATE, 0, 0]);
+        create.extend_from_slice(&[0u8; 8 + 4 + 4 + 4 + 4]);
+        create.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        create.extend_from_slice(&path);
+        send(&mut l, DR, Dir::ToVendor, &dr(PAKID_DEVICE_IOREQUEST, &create), 1600);
+        let mut done = words(&[3, 9, 0, 5]);
+        done.push(1);
+        send(&mut l, DR, Dir::ToTarget, &dr(PAKID_DEVICE_IOCOMPLETION, &done), 1600);
+        // Two reads of 1000 and 400 bytes, one write of 10.
+        for (c, n) in [(10u32, 1000u32), (11, 400)] {
+            let req = words(&[3, 5, c, IRP_MJ_READ, 0, n, 0, 0]);
+            send(&mut l, DR, Dir::ToVendor, &dr(PAKID_DEVICE_IOREQUEST, &req), 1600);
+            let mut resp = words(&[3, c, 0, n]);
+            resp.extend(std::iter::repeat_n(0x55, n as usize));
+            send(&mut l, DR, Dir::ToTarget, &dr(PAKID_DEVICE_IOCOMPLETION, &resp), 512);
+        }
+        let mut w = words(&[3, 5, 12, IRP_MJ_WRITE, 0, 10, 0, 0]);
+        w.extend_from_slice(&[0; 20]);
+        w.extend_from_slice(&[1; 10]);
+        send(&mut l, DR, Dir::ToVendor, &dr(PAKID_DEVICE_IOREQUEST, &w), 1600);
+        send(&mut l, DR, Dir::ToTarget, &dr(PAKID_DEVICE_IOCOMPLETION, &words(&[3, 12, 0, 10, 0])), 1600);
+        send(&mut l, DR, Dir::ToVendor, &dr(PAKID_DEVICE_IOREQUEST, &words(&[3, 5, 13, IRP_MJ_CLOSE, 0])), 1600);
+        let lines = l.lines;
+        assert!(lines.iter().any(|l| l.kind == "drive" && l.text.contains("plcshare")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.kind == "open" && l.text == "plcshare:\\recipe.txt"), "{lines:?}");
+        let read = lines.iter().find(|l| l.kind == "read").expect("read line");
+        assert_eq!(read.bytes, Some(1400));
+        assert!(read.text.contains("recipe.txt"));
+        let write = lines.iter().find(|l| l.kind == "write").expect("write line");
+        assert_eq!(write.bytes, Some(10));
+    }
+
+    /// Hostile or truncated channel data never panics, and what is kept stays bounded.
+    #[test]
+    fn hostile_channel_data_is_harmless() {
+        let mut l = log();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Mostly well-formed chunk headers with hostile bodies.
+            if i % 2 == 0 && b.len() >= 8 {
+                b[4..8].copy_from_slice(&(CHANNEL_FLAG_FIRST | CHANNEL_FLAG_LAST).to_le_bytes());
+                if b.len() >= 10 {
+                    let kinds: [u16; 6] = [2, 4, 5, 7, 8, 9];
+                    let k = kinds[(next() % 6) as usize];
+                    let dr_kinds = [PAKID_DEVICELIST_ANNOUNCE, PAKID_DEVICE_IOREQUEST, PAKID_DEVICE_IOCOMPLETION];
+                    if i % 4 == 0 {
+                        b[8..10].copy_from_slice(&k.to_le_bytes());
+                    } else if b.len() >= 12 {
+                        b[8..10].copy_from_slice(&RDPDR_CORE.to_le_bytes());
+                        b[10..12].copy_from_slice(&dr_kinds[(next() % 3) as usize].to_le_bytes());
+                    }
+                }
+            }
+            let id = if i % 3 == 0 { CLIP } else { DR };
+            let dir = if i % 5 < 2 { Dir::ToTarget } else { Dir::ToVendor };
+            l.channel_data(id, dir, &b);
+        }
+        // A message announcing 4 GiB, sent in many chunks: only MAX_MESSAGE bytes are kept.
+        let mut first = u32::MAX.to_le_bytes().to_vec();
+        first.extend_from_slice(&CHANNEL_FLAG_FIRST.to_le_bytes());
+        first.extend_from_slice(&[0; 1600]);
+        l.channel_data(CLIP, Dir::ToTarget, &first);
+        let mut mid = u32::MAX.to_le_bytes().to_vec();
+        mid.extend_from_slice(&0u32.to_le_bytes());
+        mid.extend_from_slice(&[0; 1600]);
+        for _ in 0..1000 {
+            l.channel_data(CLIP, Dir::ToTarget, &mid);
+        }
+        let kept = l.reasm.values().map(|r| r.buf.len()).max().unwrap_or(0);
+        assert!(kept <= MAX_MESSAGE, "{kept}");
+        assert!(l.drive.pending.len() <= MAX_TABLE && l.drive.open.len() <= MAX_TABLE);
+        // Whole garbage recordings too.
+        let header = serde_json::json!({ "channels": ["cliprdr", "rdpdr"] });
+        let recs: Vec<Record> = (0..200)
+            .map(|i| Record {
+                kind: if i % 2 == 0 { SERVER_TO_CLIENT } else { CLIENT_CHANNEL },
+                at_micros: i,
+                data: (0..(next() % 300)).map(|_| next() as u8).collect(),
+            })
+            .collect();
+        let _ = channel_log(&header, &recs);
+    }
+}
