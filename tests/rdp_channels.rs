@@ -305,9 +305,10 @@ fn rdp_clipboard_and_drive_are_recorded_where_allowed() {
         texts.iter().any(|l| l["text"] == to_vendor && l["direction"] == "target->vendor"),
         "the target's clipboard text is logged: {log:#?}"
     );
-    // FreeRDP 2.11 announces drives only after the server's User Logged On PDU, which xrdp
-    // 0.9.21 never sends: the drive is checked where chansrv mounted it (rdpdr decoding is
-    // covered by unit tests in `replay::rdp_channels`).
+    // Debian's xfreerdp (FreeRDP 2.11) announces drives only after the server's User Logged On
+    // PDU, which Debian's xrdp 0.9.21 never sends (neutrinolabs/xrdp#2971, fixed in later xrdp):
+    // the drive is checked where chansrv mounted it; rdpdr decoding is covered by unit tests in
+    // `replay::rdp_channels`.
     if drive_mounted {
         let drives = lines_of(&log, "drive");
         assert!(
@@ -334,6 +335,17 @@ fn rdp_clipboard_and_drive_are_recorded_where_allowed() {
     assert!(records.iter().any(|r| r.kind == b'C'), "the vendor's channel data is recorded");
     let text = lab.i.ok(&["replay", &id, "--channels"]);
     assert!(text.contains(to_target) && text.contains("clipboard"), "{text}");
+
+    // The evidence bundle carries the recording (and so the channel log) and says what it is.
+    let bundle = lab.i.scratch().join("session.tar");
+    let msg = lab.i.ok(&["evidence", "export", "--session", &id, "-o", bundle.to_str().expect("path")]);
+    assert!(msg.contains("1 recording file(s)"), "{msg}");
+    let listing = Command::new("tar").arg("tf").arg(&bundle).output().expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(listing.contains(&format!("recordings/{id}.frames")), "{listing}");
+    let readme = Command::new("tar").arg("xOf").arg(&bundle).arg("--wildcards").arg("*/README.txt").output();
+    let readme = String::from_utf8_lossy(&readme.expect("tar").stdout).to_string();
+    assert!(readme.contains("--channels"), "{readme}");
 
     // Search finds the clipboard text.
     let end = Instant::now() + Duration::from_secs(20);
