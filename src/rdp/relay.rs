@@ -115,6 +115,17 @@ async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u
         };
         recorder.record(kind, data).await.map_err(std::io::Error::other)?;
     }
+    if tap.broken && !was_broken && !tap.recorded.is_empty() {
+        // Clipboard or drive redirection is allowed and recorded: a stream the recording can no
+        // longer follow ends the session (fail closed) rather than carrying unrecorded copies.
+        tracing::warn!("the vendor's RDP stream could not be split into PDUs while clipboard/drive channels are recorded: session ended");
+        let note = serde_json::json!({ "error": "the client stream could not be split into PDUs; session ended (recorded channels)" });
+        recorder
+            .record(CLIENT_INFO, Bytes::from(note.to_string().into_bytes()))
+            .await
+            .map_err(std::io::Error::other)?;
+        return Err(std::io::Error::other("the vendor's stream cannot be recorded"));
+    }
     if tap.broken && !was_broken {
         tracing::warn!("the vendor's RDP stream could not be split into PDUs: its input is not recorded from here on");
         let note = serde_json::json!({ "error": "the client stream could not be split into PDUs; input not recorded from here" });
