@@ -168,6 +168,8 @@ impl ConnectScan {
             Ok(Some(i)) if i.length > 0 && self.buf.len() >= i.length => {
                 Some(recorded_channel_ids(&self.buf[..i.length], names).unwrap_or_default())
             }
+            // Not whole yet: wait for more (up to one chunk's worth).
+            Ok(Some(i)) if i.length > self.buf.len() && self.buf.len() < CHUNK => return None,
             Ok(None) if self.buf.len() < CHUNK => return None,
             _ => Some(Vec::new()),
         };
@@ -287,4 +289,34 @@ where
         _ = failed.wait_for(Option::is_some) => EndReason::Error,
     };
     Outcome { up, down, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scan waits for the whole first PDU however the target's bytes are split, gives up
+    /// (no recorded ids) on a PDU that is not a Connect Response, and is bounded.
+    #[test]
+    fn connect_scan_waits_for_the_whole_first_pdu() {
+        let names = vec!["cliprdr".to_string()];
+        // A 20-byte X.224 data TPKT that is no Connect Response, in two parts.
+        let mut pdu = vec![3u8, 0, 0, 20, 2, 0xf0, 0x80];
+        pdu.resize(20, 0x7f);
+        let mut scan = ConnectScan::default();
+        assert_eq!(scan.feed(&pdu[..5], &names), None);
+        assert!(!scan.done);
+        assert_eq!(scan.feed(&pdu[5..], &names), Some(Vec::new()));
+        assert!(scan.done);
+        assert_eq!(scan.feed(&pdu, &names), None);
+        // Garbage: done at once, nothing recorded.
+        let mut scan = ConnectScan::default();
+        assert_eq!(scan.feed(&[0xff; 10], &names), Some(Vec::new()));
+        // A TPKT announcing more than a chunk never grows the buffer past the bound.
+        let mut scan = ConnectScan::default();
+        assert_eq!(scan.feed(&[3, 0, 0xff, 0xff], &names), None);
+        let r = scan.feed(&vec![0u8; CHUNK * 2], &names);
+        assert_eq!(r, Some(Vec::new()));
+        assert!(scan.buf.capacity() <= CHUNK * 2 + 8);
+    }
 }
