@@ -219,8 +219,10 @@ fn lines_of<'a>(log: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json:
 /// allows them:
 /// 1. `plc-open` (`rdp_clipboard`, `rdp_drive`): text copied on the vendor's display is pasted
 ///    on the target's, text copied on the target's is pasted on the vendor's; both are in
-///    `replay --channels` with their direction, and in search; the redirected drive's name is
-///    in the log, and a file the target reads on it, with its name and byte count.
+///    `replay --channels` with their direction, and in search; the redirected smart card is in
+///    the log (device redirection decoded from real bytes), and where the client announces the
+///    drive (see below) its name and a file the target reads on it with its byte count; the
+///    evidence bundle carries the recording.
 /// 2. `plc-closed` (the default policy): the same copy reaches nothing, and the channel log is
 ///    empty (with a note that the policy allowed neither channel).
 /// 3. The vaulted password is in no file the gateway wrote.
@@ -233,7 +235,8 @@ fn rdp_clipboard_and_drive_are_recorded_where_allowed() {
     std::fs::write(share.join("recipe-77.txt"), &file_body).expect("file");
 
     // 1. Allowed.
-    let (client, id) = lab.session("plc-open", &["+clipboard", &format!("/drive:plcshare,{}", share.display())]);
+    let (client, id) =
+        lab.session("plc-open", &["+clipboard", &format!("/drive:plcshare,{}", share.display()), "/smartcard"]);
     let display = lab
         .xrdp
         .session_display(Duration::from_secs(20))
@@ -333,6 +336,15 @@ fn rdp_clipboard_and_drive_are_recorded_where_allowed() {
     let (_, records) =
         penstock::recording::frames::read(&std::fs::read(&recording).expect("recording")[..]).expect("frames");
     assert!(records.iter().any(|r| r.kind == b'C'), "the vendor's channel data is recorded");
+    // The device announce the client does send at once (smart cards are announced before the
+    // User Logged On PDU) is decoded from the recording's real bytes.
+    assert!(
+        lines_of(&log, "drive")
+            .iter()
+            .any(|l| l["text"].as_str().is_some_and(|t| t.starts_with("smart card"))
+                && l["direction"] == "vendor->target"),
+        "the redirected device is logged: {log:#?}"
+    );
     let text = lab.i.ok(&["replay", &id, "--channels"]);
     assert!(text.contains(to_target) && text.contains("clipboard"), "{text}");
 
