@@ -10,6 +10,8 @@
 //!   helpers to run the binary against it and check its answers.
 //! * [`sshd`]: a real OpenSSH `sshd` as a target, the real `penstock serve` and the real `ssh`,
 //!   `scp` and `sftp` clients, for end-to-end tests of the SSH gateway.
+//! * [`x11`]: an Xvfb display of its own and X tools on it; [`xrdp`]: a real xrdp target without
+//!   NLA (Xvnc sessions, chansrv for clipboard and drives).
 //! * Small utilities: [`block_on`], [`files_under`], [`contains`], [`ssh_keygen`].
 //!
 //! Room is left for more front-end helpers: put them in their own submodule next to `postgres`.
