@@ -8,10 +8,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sshd::{die_with_parent, free_port, wait_timeout, Gateway};
+use common::x11::{x_tool, Display, Proc};
 use common::{assert_ok, Backend, Install};
 use penstock::access::requests::{self, Ask};
 use penstock::users::{self, NewUser, Role};
@@ -37,48 +38,6 @@ required = 1
 [limits]
 max_duration = "4h"
 "#;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// An Xvfb display of its own.
-struct Display {
-    num: u32,
-    _p: Proc,
-    _out: std::process::ChildStdout,
-}
-
-impl Display {
-    /// Xvfb picks a free display number and writes it to `-displayfd` once it accepts clients.
-    fn start() -> Display {
-        use std::io::BufRead;
-        let mut child = die_with_parent(
-            Command::new("Xvfb")
-                .args(["-displayfd", "1", "-screen", "0", "1024x768x24", "-nolisten", "tcp"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        )
-        .spawn()
-        .expect("cannot run Xvfb (package xvfb)");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        out.read_line(&mut line).expect("Xvfb display number");
-        let num = line.trim().parse().unwrap_or_else(|_| panic!("Xvfb said {line:?}"));
-        // Kept open: Xvfb must never write into a closed pipe.
-        Display { num, _p: Proc(child), _out: out.into_inner() }
-    }
-
-    fn env(&self) -> String {
-        format!(":{}", self.num)
-    }
-}
 
 /// `freerdp-shadow-cli` with NLA for `LOGIN`/`VAULT_PW` on its own display.
 struct Shadow {
@@ -291,14 +250,7 @@ impl Lab {
 
     /// The vaulted password in any form, anywhere the gateway wrote.
     fn assert_vault_pw_nowhere(&self) {
-        let mut hits = self.i.find_secret(VAULT_PW.as_bytes());
-        let utf16: Vec<u8> = VAULT_PW.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
-        for f in common::files_under(&self.i.dir()) {
-            if common::contains(&std::fs::read(&f).unwrap_or_default(), &utf16) {
-                hits.push(format!("UTF-16 in {}", f.display()));
-            }
-        }
-        assert!(hits.is_empty(), "the vaulted password leaked: {hits:?}");
+        self.i.assert_secret_nowhere(VAULT_PW);
     }
 }
 
@@ -502,17 +454,6 @@ fn rdp_full_session_is_recorded_and_killable() {
     assert!(err.contains("RDP session") && err.contains("--frames"), "{err}");
 
     lab.assert_vault_pw_nowhere();
-}
-
-/// Runs `prog args` with `DISPLAY=display`; panics with its output when it fails.
-fn x_tool(display: &Display, prog: &str, args: &[&str]) {
-    let out = Command::new(prog)
-        .args(args)
-        .env("DISPLAY", display.env())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-    assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Starts `xfreerdp` for alice's grant and waits for its session: the client, the id and the

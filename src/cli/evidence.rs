@@ -27,7 +27,7 @@ pub struct ReplayArgs {
     /// Timestamped command lines (reconstructed from keystrokes), output and gateway notes.
     #[arg(long, conflicts_with = "at")]
     pub transcript: bool,
-    /// With --transcript or --keys: JSON lines.
+    /// With --transcript, --keys or --channels: JSON lines.
     #[arg(long)]
     pub json: bool,
     /// Playback speed.
@@ -50,6 +50,11 @@ pub struct ReplayArgs {
     /// RDP sessions: the vendor's keystrokes (typed text per line) and mouse clicks.
     #[arg(long, conflicts_with_all = ["at", "transcript"])]
     pub keys: bool,
+    /// RDP sessions: what went through the clipboard and drive channels the policy allowed
+    /// (clipboard text either way, copied files' names and sizes, redirected drives and the
+    /// files the target opened, read and wrote on them).
+    #[arg(long, conflicts_with_all = ["at", "transcript", "keys", "frames", "video"])]
+    pub channels: bool,
 }
 
 /// `evidence …`
@@ -132,8 +137,10 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
     if crate::recording::frames::is_frames(&loc) {
         return tokio::task::block_in_place(|| replay_rdp(&id, storage::reader(&store, &loc)?, &a));
     }
-    if a.frames.is_some() || a.video.is_some() || a.keys {
-        bail!("session {id} is an SSH session: --frames, --video and --keys are for RDP sessions (use --transcript)");
+    if a.frames.is_some() || a.video.is_some() || a.keys || a.channels {
+        bail!(
+            "session {id} is an SSH session: --frames, --video, --keys and --channels are for RDP sessions (use --transcript)"
+        );
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -188,12 +195,39 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
 /// `replay` of an RDP session: frames, a video or the key log.
 fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result<()> {
     use crate::replay::rdp;
-    if a.frames.is_none() && a.video.is_none() && !a.keys {
-        bail!("session {id} is an RDP session: replay it with --frames DIR, --video FILE or --keys");
+    if a.frames.is_none() && a.video.is_none() && !a.keys && !a.channels {
+        bail!("session {id} is an RDP session: replay it with --frames DIR, --video FILE, --keys or --channels");
     }
     let (header, records) = crate::recording::frames::read(r)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    if a.channels {
+        let lines = crate::replay::rdp_channels::channel_log(&header, &records);
+        for l in &lines {
+            if a.json {
+                serde_json::to_writer(&mut out, l)?;
+                out.write_all(b"\n")?;
+            } else {
+                let text: String =
+                    crate::replay::rdp_channels::display(l).chars().map(transcript::clean_char).collect();
+                writeln!(out, "{} {}", transcript::fmt_offset(l.t), text)?;
+            }
+        }
+        out.flush()?;
+        let allowed: Vec<&str> = header["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .filter(|n| n.eq_ignore_ascii_case("cliprdr") || n.eq_ignore_ascii_case("rdpdr"))
+            .collect();
+        if allowed.is_empty() {
+            eprintln!("note: the policy allowed neither clipboard nor drive redirection in this session");
+        } else if lines.is_empty() {
+            eprintln!("note: nothing went through the allowed channels ({})", allowed.join(", "));
+        }
+        return Ok(());
+    }
     if a.keys {
         for l in crate::replay::rdp_keys::key_log(&header, &records) {
             if a.json {

@@ -183,6 +183,10 @@ fn readme(folder: &str, fingerprint: &str, summary: &str) -> String {
          recordings/*.cast       asciicast v2 recordings (play with `asciinema play` or\n\
          \x20                       `penstock replay`); *.out / *.in binary side files, named with\n\
          \x20                       their size and SHA-256 by a marker event in their cast\n\
+         recordings/*.frames     RDP recordings: the target's decrypted stream, the vendor's input\n\
+         \x20                       and its data on the clipboard and drive channels the policy\n\
+         \x20                       allowed (`penstock replay ID --frames/--video/--keys/--channels`\n\
+         \x20                       on the gateway)\n\
          evidence.pub            the signing key; allowed_signers: the same for ssh-keygen\n\
          MANIFEST, MANIFEST.sig  SHA-256 of every other file, and its signature\n"
     )
@@ -249,7 +253,12 @@ pub async fn export(app: &App, sel: &Selection, out: &Path) -> anyhow::Result<Su
         }
         files.insert(format!("recordings/{}", store.file_name(path)), Source::Stored(path.to_string()));
         recordings += 1;
-        let sides = cast::side_files(storage::reader(&store, path)?)?;
+        // A binary (RDP) recording has no side files (and is not a cast).
+        let sides = if crate::recording::frames::is_frames(path) {
+            Vec::new()
+        } else {
+            cast::side_files(storage::reader(&store, path)?)?
+        };
         for side in sides {
             let loc = store.sibling(path, &side.name)?;
             if store.exists(&loc) {

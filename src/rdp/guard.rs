@@ -52,6 +52,8 @@ pub enum Forward {
 pub struct TargetGuard {
     /// The I/O channel's id, once the Connect Response went by.
     io: Option<u16>,
+    /// The static channels' ids the Connect Response gave, in the order they were asked for.
+    channel_ids: Option<Vec<u16>>,
     /// Bytes of the current PDU still to pass without looking.
     remaining: usize,
     /// Bytes at a PDU start held until they decide it.
@@ -59,6 +61,11 @@ pub struct TargetGuard {
 }
 
 impl TargetGuard {
+    /// The static channels' ids from the target's Connect Response, once it went by.
+    pub fn channel_ids(&self) -> Option<&[u16]> {
+        self.channel_ids.as_deref()
+    }
+
     /// Feeds a chunk the target sent.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Forward, Refusal> {
         let prev = std::mem::take(&mut self.held);
@@ -91,7 +98,9 @@ impl TargetGuard {
                     }
                     break;
                 }
-                self.io = Some(io_channel(&rest[..info.length]).ok_or(Refusal::NoConnectResponse)?);
+                let (io, ids) = connect_response(&rest[..info.length]).ok_or(Refusal::NoConnectResponse)?;
+                self.io = Some(io);
+                self.channel_ids = Some(ids);
                 p += info.length;
                 continue;
             };
@@ -117,11 +126,12 @@ impl TargetGuard {
     }
 }
 
-/// The I/O channel id of an MCS Connect Response PDU.
-fn io_channel(pdu: &[u8]) -> Option<u16> {
+/// The I/O channel id and the static channels' ids of an MCS Connect Response PDU.
+fn connect_response(pdu: &[u8]) -> Option<(u16, Vec<u16>)> {
     let X224(frame) = ironrdp_core::decode::<X224<X224Data<'_>>>(pdu).ok()?;
     let resp = ironrdp_core::decode::<ironrdp_pdu::mcs::ConnectResponse>(frame.data.as_ref()).ok()?;
-    Some(resp.conference_create_response.gcc_blocks().network.io_channel)
+    let net = &resp.conference_create_response.gcc_blocks().network;
+    Some((net.io_channel, net.channel_ids.clone()))
 }
 
 /// Whether the start of an X.224 PDU (`head`, up to [`LOOK`] bytes) is an MCS Send Data
@@ -158,6 +168,7 @@ mod tests {
     use std::borrow::Cow;
 
     fn connect_response(io: u16) -> Vec<u8> {
+        // (The test's encoder; the module's decoder is `super::connect_response`.)
         let blocks = ServerGccBlocks {
             core: ServerCoreData {
                 version: ironrdp_pdu::gcc::RdpVersion::V5_PLUS,
@@ -226,6 +237,12 @@ mod tests {
             assert_eq!(run(&stream, step).as_deref(), Ok(&stream[..]), "cut every {step} bytes");
         }
         // Whole PDUs in one chunk go on without a copy.
+        let mut g = TargetGuard::default();
+        let cr = connect_response(1003);
+        assert_eq!(g.feed(&cr[..5]), Ok(Forward::Part(Vec::new())), "the Connect Response is held until whole");
+        assert_eq!(g.channel_ids(), None);
+        assert_eq!(g.feed(&cr[5..]), Ok(Forward::Part(cr.clone())));
+        assert_eq!(g.channel_ids(), Some(&[1004u16, 1005][..]));
         let mut g = TargetGuard::default();
         assert_eq!(g.feed(&connect_response(1003)), Ok(Forward::All));
         assert_eq!(g.feed(&fast_path(100)), Ok(Forward::All));

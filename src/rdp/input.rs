@@ -6,8 +6,14 @@
 //!   note of its compression settings, which the replay's bulk decompressor needs
 //!   ([`CLIENT_INFO`]).
 //!
-//! Everything else the client sends (capabilities, channel data, acknowledgements) is forwarded
-//! and not recorded.
+//! - MCS Send Data Requests on the static channels the policy allowed and the recording logs
+//!   (`cliprdr`, `rdpdr`; [`CLIENT_CHANNEL`]): recorded as they are, so the replay can show the
+//!   clipboard text and the files and drives that went through (`replay::rdp_channels`).
+//!   Nothing on any other channel, and never the Client Info PDU (it travels on the I/O
+//!   channel, which is never one of these).
+//!
+//! Everything else the client sends (capabilities, other channels' data, acknowledgements) is
+//! forwarded and not recorded.
 
 use ironrdp_pdu::mcs::McsMessage;
 use ironrdp_pdu::rdp::client_info::ClientInfoFlags;
@@ -20,6 +26,24 @@ use ironrdp_pdu::Action;
 pub const CLIENT_INPUT: u8 = b'I';
 /// Record kind: what the replay needs from the Client Info PDU (JSON, no credentials).
 pub const CLIENT_INFO: u8 = b'N';
+/// Record kind: an X.224 frame with the vendor's MCS Send Data Request on a recorded channel
+/// (`cliprdr` or `rdpdr`, where the policy allowed them).
+pub const CLIENT_CHANNEL: u8 = b'C';
+
+/// Static channels whose traffic the recording keeps in both directions (when allowed).
+pub const RECORDED_CHANNELS: [&str; 2] = ["cliprdr", "rdpdr"];
+
+/// The MCS channel ids of the recorded channels: `ids` are the static channels' ids from the
+/// target's MCS Connect Response (`rdp::guard` reads it), `names` the static channels as the
+/// target was asked for them, in the same order.
+pub fn recorded_channel_ids(ids: &[u16], names: &[String]) -> Vec<u16> {
+    names
+        .iter()
+        .zip(ids.iter())
+        .filter(|(n, _)| RECORDED_CHANNELS.iter().any(|r| n.eq_ignore_ascii_case(r)))
+        .map(|(_, id)| *id)
+        .collect()
+}
 
 /// Largest PDU the tap buffers (a TPKT length is 16 bits; fast-path lengths 15).
 const MAX_PDU: usize = 64 * 1024;
@@ -31,6 +55,8 @@ pub enum Classified {
     Input(Vec<u8>),
     /// The Client Info PDU: record this note instead.
     Info(String),
+    /// Data on a recorded channel (`cliprdr`, `rdpdr`): record these bytes.
+    Channel(Vec<u8>),
     /// Not recorded.
     Other,
 }
@@ -42,6 +68,8 @@ pub struct ClientTap {
     /// The stream could not be split (garbage or an unsupported framing): nothing more is
     /// classified (the relay goes on; the key log ends here, with a note).
     pub broken: bool,
+    /// MCS channel ids whose Send Data Requests are recorded (allowed `cliprdr`/`rdpdr`).
+    pub recorded: Vec<u16>,
 }
 
 impl ClientTap {
@@ -71,7 +99,7 @@ impl ClientTap {
                 break;
             }
             let pdu: Vec<u8> = self.buf.drain(..info.length).collect();
-            let c = classify(info.action, &pdu);
+            let c = classify(info.action, &pdu, &self.recorded);
             if c != Classified::Other {
                 out.push(c);
             }
@@ -84,14 +112,18 @@ impl ClientTap {
     }
 }
 
-/// Classifies one whole client PDU.
-pub fn classify(action: Action, pdu: &[u8]) -> Classified {
+/// Classifies one whole client PDU; Send Data Requests on the channel ids in `recorded` are
+/// channel data.
+pub fn classify(action: Action, pdu: &[u8], recorded: &[u16]) -> Classified {
     match action {
         Action::FastPath => Classified::Input(pdu.to_vec()),
         Action::X224 => {
             let Ok(X224(McsMessage::SendDataRequest(req))) = ironrdp_core::decode::<X224<McsMessage<'_>>>(pdu) else {
                 return Classified::Other;
             };
+            if recorded.contains(&req.channel_id) {
+                return Classified::Channel(pdu.to_vec());
+            }
             let data: &[u8] = &req.user_data;
             // A Basic Security Header with INFO_PKT: the Client Info PDU.
             if data.len() >= 4 {
@@ -201,4 +233,43 @@ fn replace_credentials(pdu: &[u8], logon: &AutoLogon) -> Result<Option<Vec<u8>>,
     let out = ironrdp_core::encode_vec(&X224(McsMessage::SendDataRequest(new)))
         .map_err(|e| format!("encode Client Info: {e}"))?;
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn send_data(channel_id: u16, data: &[u8]) -> Vec<u8> {
+        let req = ironrdp_pdu::mcs::SendDataRequest { initiator_id: 1007, channel_id, user_data: Cow::Borrowed(data) };
+        ironrdp_core::encode_vec(&X224(McsMessage::SendDataRequest(req))).expect("encode")
+    }
+
+    /// Send Data Requests are recorded on the recorded channels only, whatever they carry
+    /// (garbage included: the tap never parses channel contents); other channels' data is not;
+    /// a stream that cannot be split stops the tap, never the relay, and never panics.
+    #[test]
+    fn channel_data_is_kept_only_on_recorded_channels() {
+        let mut tap = ClientTap { recorded: vec![1004, 1005], ..ClientTap::default() };
+        let garbage = [0xffu8; 40];
+        let mut stream = send_data(1005, &garbage);
+        stream.extend(send_data(1006, b"other channel"));
+        stream.extend(send_data(1004, &[]));
+        stream.extend(send_data(1003, &[0x40, 0, 0, 0, 1, 2, 3]));
+        // Fed one byte at a time: PDUs split anywhere.
+        let mut got = Vec::new();
+        for b in &stream {
+            got.extend(tap.feed(std::slice::from_ref(b)));
+        }
+        let channel: Vec<_> = got.iter().filter(|c| matches!(c, Classified::Channel(_))).collect();
+        assert_eq!(channel.len(), 2, "{got:?}");
+        assert!(!tap.broken);
+        // Hostile framing: a TPKT announcing more than the tap holds.
+        let mut bad = vec![3u8, 0, 0xff, 0xff];
+        bad.extend([0u8; 100]);
+        let _ = tap.feed(&bad);
+        let _ = tap.feed(&[0u8; 70_000]);
+        assert!(tap.broken);
+        assert!(tap.feed(&stream).is_empty());
+    }
 }

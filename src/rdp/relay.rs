@@ -16,7 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::guard::{Forward, Refusal, TargetGuard};
-use super::input::{rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_INFO, CLIENT_INPUT, MAX_HOLD};
+use super::input::{
+    recorded_channel_ids, rewrite_client_info, AutoLogon, Classified, ClientTap, CLIENT_CHANNEL, CLIENT_INFO,
+    CLIENT_INPUT, MAX_HOLD,
+};
 use super::RdpError;
 use crate::policy::Channels;
 use crate::recording::frames::{FrameRecorder, SERVER_TO_CLIENT};
@@ -108,9 +111,21 @@ async fn record_client(recorder: &FrameRecorder, tap: &mut ClientTap, bytes: &[u
         let (kind, data) = match c {
             Classified::Input(b) => (CLIENT_INPUT, Bytes::from(b)),
             Classified::Info(note) => (CLIENT_INFO, Bytes::from(note.into_bytes())),
+            Classified::Channel(b) => (CLIENT_CHANNEL, Bytes::from(b)),
             Classified::Other => continue,
         };
         recorder.record(kind, data).await.map_err(std::io::Error::other)?;
+    }
+    if tap.broken && !was_broken && !tap.recorded.is_empty() {
+        // Clipboard or drive redirection is allowed and recorded: a stream the recording can no
+        // longer follow ends the session (fail closed) rather than carrying unrecorded copies.
+        tracing::warn!("the vendor's RDP stream could not be split into PDUs while clipboard/drive channels are recorded: session ended");
+        let note = serde_json::json!({ "error": "the client stream could not be split into PDUs; session ended (recorded channels)" });
+        recorder
+            .record(CLIENT_INFO, Bytes::from(note.to_string().into_bytes()))
+            .await
+            .map_err(std::io::Error::other)?;
+        return Err(std::io::Error::other("the vendor's stream cannot be recorded"));
     }
     if tap.broken && !was_broken {
         tracing::warn!("the vendor's RDP stream could not be split into PDUs: its input is not recorded from here on");
@@ -137,7 +152,9 @@ pub struct Outcome {
 }
 
 /// Relays until either side closes, `stop` says so, or the recording fails. `vendor_leftover`
-/// and `target_leftover` are bytes already read past the handshakes.
+/// and `target_leftover` are bytes already read past the handshakes; `channels` are the static
+/// channels as the target was asked for them (allowed `cliprdr`/`rdpdr` among them are recorded
+/// in both directions).
 #[allow(clippy::too_many_arguments)]
 pub async fn run<V, T>(
     vendor: V,
@@ -147,6 +164,7 @@ pub async fn run<V, T>(
     recorder: &FrameRecorder,
     mut stop: watch::Receiver<Option<EndReason>>,
     autologon: Option<AutoLogon>,
+    channels: Vec<String>,
 ) -> Outcome
 where
     V: AsyncRead + AsyncWrite + Unpin,
@@ -157,8 +175,13 @@ where
     let mut failed = recorder.failure_watch();
     let mut up = 0u64;
     let mut down = 0u64;
+    // The recorded channels' ids, set by the downward path from the target's Connect
+    // Response before it reaches the vendor (so before the vendor can use them).
+    let recorded_ids: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    let tapping = channels.iter().any(|n| super::input::RECORDED_CHANNELS.iter().any(|r| n.eq_ignore_ascii_case(r)));
     let upward = async {
         let mut tap = ClientTap::default();
+        let mut ids_set = false;
         // Auto-logon: the vendor's stream is held back PDU by PDU until its Client Info PDU,
         // which goes on with the vaulted account instead of the vendor's credentials.
         let mut logon = autologon;
@@ -195,12 +218,19 @@ where
             }
             tw.write_all(&out).await?;
             up += out.len() as u64;
+            if !ids_set {
+                if let Some(ids) = recorded_ids.get() {
+                    tap.recorded = ids.clone();
+                    ids_set = true;
+                }
+            }
             record_client(recorder, &mut tap, &out).await?;
         }
     };
     let refused: std::sync::OnceLock<Refusal> = std::sync::OnceLock::new();
     let downward = async {
         let mut guard = TargetGuard::default();
+        let mut ids_known = !tapping;
         let mut pending = target_leftover;
         loop {
             if pending.is_empty() {
@@ -214,13 +244,24 @@ where
             let chunk: Bytes = pending.split().freeze();
             // Everything the target sent is recorded, what the guard stops included (evidence).
             recorder.record(SERVER_TO_CLIENT, chunk.clone()).await.map_err(std::io::Error::other)?;
-            match guard.feed(&chunk) {
-                Ok(Forward::All) => vw.write_all(&chunk).await?,
-                Ok(Forward::Part(b)) => vw.write_all(&b).await?,
+            let forward = match guard.feed(&chunk) {
+                Ok(f) => f,
                 Err(refusal) => {
                     let _ = refused.set(refusal);
                     return Err(std::io::Error::other("stopped by the target guard"));
                 }
+            };
+            // The recorded channels' ids, from the Connect Response the guard has read, are
+            // known before that PDU reaches the vendor (so before the vendor can use them).
+            if !ids_known {
+                if let Some(all) = guard.channel_ids() {
+                    let _ = recorded_ids.set(recorded_channel_ids(all, &channels));
+                    ids_known = true;
+                }
+            }
+            match forward {
+                Forward::All => vw.write_all(&chunk).await?,
+                Forward::Part(b) => vw.write_all(&b).await?,
             }
             down += chunk.len() as u64;
         }

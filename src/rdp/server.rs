@@ -240,6 +240,7 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
     // Nothing reaches the target past the handshake before the recording and the session row
     // exist (fail closed).
     let id = sessions::new_id();
+    let channel_names = settings.channels.clone();
     let header = recording::header(&id, &who.principal.name, &target.name, app.clock.now(), leg.selected, settings);
     let recorder = match FrameRecorder::start(app, &id, &header).await {
         Ok(r) => r,
@@ -304,7 +305,17 @@ async fn connection(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Result
         Ok(()) => {
             let (vendor_stream, vendor_left) = vendor.into_inner();
             let (target_stream, target_left) = leg.framed.into_inner();
-            relay::run(vendor_stream, vendor_left, target_stream, target_left, &recorder, stop, autologon).await
+            relay::run(
+                vendor_stream,
+                vendor_left,
+                target_stream,
+                target_left,
+                &recorder,
+                stop,
+                autologon,
+                channel_names,
+            )
+            .await
         }
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "cannot write to the RDP target");

@@ -12,6 +12,7 @@ pub mod cast;
 pub mod keyboard_layouts;
 pub mod player;
 pub mod rdp;
+pub mod rdp_channels;
 pub mod rdp_keys;
 pub mod transcript;
 

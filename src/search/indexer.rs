@@ -173,19 +173,32 @@ pub async fn index_session(
     Ok(total)
 }
 
-/// Indexes an ended RDP session: the lines of its key log (what the vendor typed) as input.
+/// Indexes an ended RDP session: the lines of its key log (what the vendor typed) as input,
+/// and its channel log (clipboard text, file names, drive paths) as notes.
 async fn index_rdp(app: &App, session: &str, locator: &str) -> anyhow::Result<usize> {
     let store = storage::for_app(app);
     let loc = locator.to_string();
     let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<IndexedLine>> {
         let raw = store.open(&loc).with_context(|| format!("cannot read recording {loc}"))?;
         let (header, records) = crate::recording::frames::read(raw)?;
-        Ok(crate::replay::rdp_keys::key_log(&header, &records)
+        let mut lines: Vec<IndexedLine> = crate::replay::rdp_keys::key_log(&header, &records)
             .into_iter()
             .filter(|l| l.kind == "keys")
             .take(MAX_LINES)
             .map(|l| (l.t, Kind::Input, l.text))
-            .collect())
+            .collect();
+        // What went through the clipboard and drive channels: clipboard text (a line per
+        // line), file names and drive paths, as gateway notes.
+        for c in crate::replay::rdp_channels::channel_log(&header, &records) {
+            for text in crate::replay::rdp_channels::search_lines(&c) {
+                if lines.len() >= MAX_LINES {
+                    break;
+                }
+                lines.push((c.t, Kind::Note, text));
+            }
+        }
+        lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(lines)
     })
     .await
     .context("indexer panicked")??;

@@ -10,6 +10,8 @@
 //!   helpers to run the binary against it and check its answers.
 //! * [`sshd`]: a real OpenSSH `sshd` as a target, the real `penstock serve` and the real `ssh`,
 //!   `scp` and `sftp` clients, for end-to-end tests of the SSH gateway.
+//! * [`x11`]: an Xvfb display of its own and X tools on it; [`xrdp`]: a real xrdp target without
+//!   NLA (Xvnc sessions, chansrv for clipboard and drives).
 //! * Small utilities: [`block_on`], [`files_under`], [`contains`], [`ssh_keygen`].
 //!
 //! Room is left for more front-end helpers: put them in their own submodule next to `postgres`.
@@ -21,6 +23,8 @@ pub mod postgres;
 pub mod s3;
 pub mod sshd;
 pub mod web;
+pub mod x11;
+pub mod xrdp;
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -409,6 +413,20 @@ impl Install {
             store.close().await;
             n
         })
+    }
+
+    /// Asserts that `secret` is nowhere ([`Install::find_secret`]), nor as UTF-16 (as RDP
+    /// carries it) in any file under the installation folder.
+    #[track_caller]
+    pub fn assert_secret_nowhere(&self, secret: &str) {
+        let mut hits = self.find_secret(secret.as_bytes());
+        let utf16: Vec<u8> = secret.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        for f in files_under(&self.dir()) {
+            if contains(&std::fs::read(&f).unwrap_or_default(), &utf16) {
+                hits.push(format!("UTF-16 in {}", f.display()));
+            }
+        }
+        assert!(hits.is_empty(), "the secret leaked: {hits:?}");
     }
 
     /// Where `secret` (as bytes, or hex-encoded as a `bytea` dump would show it) can be found:
