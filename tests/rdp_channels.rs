@@ -199,10 +199,22 @@ fn read_clipboard(mut make: impl FnMut() -> Command, want: &str, timeout: Durati
     let end = Instant::now() + timeout;
     loop {
         let mut c = make();
-        c.args(["-selection", "clipboard", "-o"]).stdin(Stdio::null());
-        let got = match c.output() {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
-            Err(e) => panic!("cannot run xclip: {e}"),
+        c.args(["-selection", "clipboard", "-o"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        // xclip waits for the selection's owner without a limit of its own.
+        let mut child = die_with_parent(&mut c).spawn().unwrap_or_else(|e| panic!("cannot run xclip: {e}"));
+        let mut out = child.stdout.take().expect("xclip stdout");
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+            buf
+        });
+        let got = if wait_timeout(&mut child, Duration::from_secs(5)).is_some() {
+            String::from_utf8_lossy(&reader.join().unwrap_or_default()).to_string()
+        } else {
+            // A grandchild (under runuser) may hold the pipe: the reader is left behind.
+            let _ = child.kill();
+            let _ = child.wait();
+            String::new()
         };
         if got == want || Instant::now() > end {
             return got;
