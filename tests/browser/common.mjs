@@ -22,3 +22,14 @@ export const launch = (viewport) => chromium.launchPersistentContext(mkdtempSync
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
+
+// Logs `page` in to the console at `url` with a password and a TOTP code; waits for the
+// requests page the console lands on.
+export const logIn = async (page, url, user, password, code) => {
+  await page.goto(url);
+  await page.getByLabel('User').fill(user);
+  await page.getByLabel('Password').fill(password);
+  await page.getByLabel('Verification code').fill(code);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.waitForURL('**/requests');
+};

@@ -3,7 +3,7 @@
 // e.g. "ends in 9 minutes") is in the banner, prints "seen notice", then waits (no reload) until
 // the banner is gone after the session ended. Screenshots go to PENSTOCK_SHOTS.
 // Driven by tests/web_live.rs (browser_vendor_sees_ending_notice).
-import { launch, need } from './common.mjs';
+import { launch, logIn, need } from './common.mjs';
 import { join } from 'node:path';
 
 const url = need('PENSTOCK_URL');
@@ -24,12 +24,7 @@ const fail = async (msg) => {
   process.exit(1);
 };
 page.setDefaultTimeout(30000);
-await page.goto(url);
-await page.getByLabel('User').fill(user);
-await page.getByLabel('Password').fill(password);
-await page.getByLabel('Verification code').fill(code);
-await page.getByRole('button', { name: 'Log in' }).click();
-await page.waitForURL('**/requests');
+await logIn(page, url, user, password, code);
 await page.goto(new URL('/grants', url).href);
 try {
   await page.waitForFunction((n) => document.querySelector('#notices .notice')?.textContent.includes(n), notice, { timeout: 60000 });

@@ -3,7 +3,7 @@
 // asciinema-player's rendered lines in the DOM): the word is on it and PENSTOCK_LATER (typed
 // seconds later) is not, until play is pressed. Screenshots go to
 // PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_auditor_search_opens_replay_at_hit).
-import { launch, need } from './common.mjs';
+import { launch, logIn, need } from './common.mjs';
 import { join } from 'node:path';
 
 const url = need('PENSTOCK_URL');
@@ -27,12 +27,7 @@ const fail = async (msg) => {
   process.exit(1);
 };
 page.setDefaultTimeout(30000);
-await page.goto(url);
-await page.getByLabel('User').fill(user);
-await page.getByLabel('Password').fill(password);
-await page.getByLabel('Verification code').fill(code);
-await page.getByRole('button', { name: 'Log in' }).click();
-await page.waitForURL('**/requests');
+await logIn(page, url, user, password, code);
 await page.getByRole('link', { name: 'Recordings' }).click();
 await page.waitForURL('**/audit/sessions');
 await page.getByRole('searchbox', { name: 'Search recordings' }).fill(word);

@@ -2,7 +2,7 @@
 // live view of session PENSTOCK_SESSION from the sessions page, prints READY once the view is
 // live, then waits until PENSTOCK_WORD appears on the watched screen and until the session ends.
 // Screenshots go to PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_manager_watches_live_ssh).
-import { launch, need } from './common.mjs';
+import { launch, logIn, need } from './common.mjs';
 import { join } from 'node:path';
 
 const url = need('PENSTOCK_URL');
@@ -24,12 +24,7 @@ const fail = async (msg) => {
   process.exit(1);
 };
 page.setDefaultTimeout(30000);
-await page.goto(url);
-await page.getByLabel('User').fill(user);
-await page.getByLabel('Password').fill(password);
-await page.getByLabel('Verification code').fill(code);
-await page.getByRole('button', { name: 'Log in' }).click();
-await page.waitForURL('**/requests');
+await logIn(page, url, user, password, code);
 await page.goto(new URL('/sessions', url).href);
 const link = page.locator(`#session-${session} a[href="/sessions/${session}/watch"]`);
 if (await link.count() !== 1) await fail(`no watch link for ${session} on the sessions page`);
