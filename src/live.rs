@@ -230,6 +230,40 @@ pub fn may_watch(user: &crate::users::User) -> bool {
     matches!(user.role, crate::users::Role::Manager | crate::users::Role::Auditor)
 }
 
+/// Starts watching live RDP session `id` as `user` (checked with [`may_watch`]): the session
+/// row, once `session.watched` with `via` is audited. Its screen is read from the recording as
+/// it is written (`replay::rdp_view`), so only the node that relays it can show it.
+pub async fn watch_rdp(
+    app: &App,
+    user: &crate::users::User,
+    id: &str,
+    via: &str,
+) -> crate::error::Result<crate::sessions::SessionRow> {
+    use crate::error::Error;
+    if !may_watch(user) {
+        return Err(Error::Denied("only managers and auditors may watch live sessions".into()));
+    }
+    let s = live_rdp(app, id).await?;
+    let ev = crate::audit::Event::SessionWatched { session: id.to_string(), user: user.name.clone(), via: via.into() };
+    crate::audit::record(&app.store, &*app.clock, &user.name, &ev).await?;
+    Ok(s)
+}
+
+/// Live RDP session `id` with its recording on this node, or why not.
+pub async fn live_rdp(app: &App, id: &str) -> crate::error::Result<crate::sessions::SessionRow> {
+    use crate::error::Error;
+    let not_here =
+        || Error::NotFound(format!("session {id} is not live on this gateway (ended, unknown or on another node)"));
+    let s = crate::sessions::get(app, id).await?.ok_or_else(not_here)?;
+    use crate::storage::RecordingStorage;
+    let spool = crate::storage::LocalFiles::new(app.config.recordings_dir());
+    let local = s.recording_path.as_deref().is_some_and(|p| spool.exists(p));
+    if s.protocol != "rdp" || s.ended_at.is_some() || !local {
+        return Err(not_here());
+    }
+    Ok(s)
+}
+
 /// What a watcher saw next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {

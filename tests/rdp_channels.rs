@@ -266,7 +266,13 @@ fn rdp_clipboard_and_drive_are_recorded_where_allowed() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let pasted = read_clipboard(|| lab.xrdp.in_session(&display, "xclip"), to_target, Duration::from_secs(15));
-    assert_eq!(pasted, to_target, "the target pastes the vendor's text\n{}", lab.gw.log_text());
+    assert_eq!(
+        pasted,
+        to_target,
+        "the target pastes the vendor's text\n{}\nXRDP:\n{}",
+        lab.gw.log_text(),
+        lab.xrdp.log_text()
+    );
     drop(owner);
 
     let to_vendor = "target-to-vendor 51d2 clip";

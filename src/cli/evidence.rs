@@ -135,7 +135,7 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
         bail!("the recording of session {id} is no longer stored ({})", store.file_name(&loc));
     }
     if crate::recording::frames::is_frames(&loc) {
-        return tokio::task::block_in_place(|| replay_rdp(&id, storage::reader(&store, &loc)?, &a));
+        return tokio::task::block_in_place(|| replay_rdp(&id, || storage::reader(&store, &loc), &a));
     }
     if a.frames.is_some() || a.video.is_some() || a.keys || a.channels {
         bail!(
@@ -192,17 +192,29 @@ pub(crate) async fn replay(config: &Path, a: ReplayArgs) -> anyhow::Result<()> {
     tokio::task::block_in_place(|| replay::player::play(open, &opts, &mut lock))
 }
 
-/// `replay` of an RDP session: frames, a video or the key log.
-fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result<()> {
+/// Tells on stderr that the recording's last record was cut (the gateway was killed mid-write):
+/// everything before it was replayed.
+fn cut_note(cut: Option<String>) {
+    if let Some(cut) = cut {
+        eprintln!("note: {cut}");
+    }
+}
+
+/// `replay` of an RDP session: frames, a video or the key log. The recording is read as a
+/// stream (`open` opens it; a video reads it twice, first for the desktop's size), so a
+/// recording of any length needs only one record and the decoder's screen in memory.
+fn replay_rdp<R: std::io::Read>(id: &str, open: impl Fn() -> anyhow::Result<R>, a: &ReplayArgs) -> anyhow::Result<()> {
+    use crate::recording::frames::Records;
     use crate::replay::rdp;
     if a.frames.is_none() && a.video.is_none() && !a.keys && !a.channels {
         bail!("session {id} is an RDP session: replay it with --frames DIR, --video FILE, --keys or --channels");
     }
-    let (header, records) = crate::recording::frames::read(r)?;
+    let (header, mut records) = Records::open(open()?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if a.channels {
-        let lines = crate::replay::rdp_channels::channel_log(&header, &records);
+        let lines = crate::replay::rdp_channels::channel_log(&header, records.by_ref());
+        cut_note(records.end()?);
         for l in &lines {
             if a.json {
                 serde_json::to_writer(&mut out, l)?;
@@ -229,7 +241,9 @@ fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result
         return Ok(());
     }
     if a.keys {
-        for l in crate::replay::rdp_keys::key_log(&header, &records) {
+        let lines = crate::replay::rdp_keys::key_log(&header, records.by_ref());
+        cut_note(records.end()?);
+        for l in lines {
             if a.json {
                 serde_json::to_writer(&mut out, &l)?;
                 out.write_all(b"\n")?;
@@ -248,11 +262,15 @@ fn replay_rdp(id: &str, r: impl std::io::Read, a: &ReplayArgs) -> anyhow::Result
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         rdp::Sink::Pngs(dir.clone())
     } else if let Some(file) = &a.video {
-        rdp::start_ffmpeg(file, rdp::first_size(&header, &records))?
+        let (_, mut first) = Records::open(open()?)?;
+        let size = rdp::first_size(&header, first.by_ref());
+        drop(first);
+        rdp::start_ffmpeg(file, size)?
     } else {
         bail!("nothing to write");
     };
-    let done = rdp::export(&header, &records, a.every, &mut sink)?;
+    let done = rdp::export(&header, records.by_ref(), a.every, &mut sink)?;
+    cut_note(records.end()?);
     match &sink {
         rdp::Sink::Pngs(dir) => writeln!(out, "{} frames written to {}", done.files.len(), dir.display())?,
         rdp::Sink::Video { out: file, .. } => writeln!(out, "video written to {}", file.display())?,

@@ -281,3 +281,117 @@ where
     };
     Outcome { up, down, reason, refused: refused.into_inner() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironrdp_pdu::gcc::{
+        ChannelDef, ChannelOptions, ClientCoreData, ClientCoreOptionalData, ClientGccBlocks, ClientNetworkData,
+        ClientSecurityData, ColorDepth, ConnectionType, EncryptionMethod, HighColorDepth, KeyboardType, RdpVersion,
+        SecureAccessSequence, SupportedColorDepths,
+    };
+
+    /// A vendor's Connect Initial (in its X.224 frame) asking for `flags` and `channels`, as
+    /// negotiated with the gateway (TLS+CredSSP).
+    fn connect_initial(flags: ClientEarlyCapabilityFlags, channels: &[&str]) -> Vec<u8> {
+        let core = ClientCoreData {
+            version: RdpVersion::V5_PLUS,
+            desktop_width: 1280,
+            desktop_height: 800,
+            color_depth: ColorDepth::Bpp8,
+            sec_access_sequence: SecureAccessSequence::Del,
+            keyboard_layout: 0x407,
+            client_build: 2600,
+            client_name: "vendor-pc".into(),
+            keyboard_type: KeyboardType::IBM_ENHANCED,
+            keyboard_subtype: 0,
+            keyboard_functional_keys_count: 12,
+            ime_file_name: String::new(),
+            optional_data: ClientCoreOptionalData {
+                post_beta2_color_depth: Some(ColorDepth::Bpp8),
+                client_product_id: Some(1),
+                serial_number: Some(0),
+                high_color_depth: Some(HighColorDepth::Bpp8),
+                supported_color_depths: Some(SupportedColorDepths::BPP24 | SupportedColorDepths::BPP32),
+                early_capability_flags: Some(flags),
+                dig_product_id: Some(String::new()),
+                connection_type: Some(ConnectionType::Lan),
+                server_selected_protocol: Some(SecurityProtocol::HYBRID),
+                ..ClientCoreOptionalData::default()
+            },
+        };
+        let network = ClientNetworkData {
+            channels: channels
+                .iter()
+                .map(|n| ChannelDef {
+                    name: ChannelName::from_utf8(n).expect("name"),
+                    options: ChannelOptions::INITIALIZED,
+                })
+                .collect(),
+        };
+        let blocks = ClientGccBlocks {
+            core,
+            security: ClientSecurityData { encryption_methods: EncryptionMethod::empty(), ext_encryption_methods: 0 },
+            network: Some(network),
+            cluster: None,
+            monitor: None,
+            message_channel: None,
+            multi_transport_channel: None,
+            monitor_extended: None,
+        };
+        let ci = ConnectInitial::with_gcc_blocks(blocks).expect("connect initial");
+        let inner = ironrdp_core::encode_vec(&ci).expect("encode");
+        ironrdp_core::encode_vec(&X224(X224Data { data: Cow::Owned(inner) })).expect("frame")
+    }
+
+    fn decoded(frame: &[u8]) -> ClientGccBlocks {
+        let outer = ironrdp_core::decode::<X224<X224Data<'_>>>(frame).expect("frame").0;
+        ironrdp_core::decode::<ConnectInitial>(outer.data.as_ref())
+            .expect("ci")
+            .conference_create_request
+            .into_gcc_blocks()
+    }
+
+    fn channel_names(blocks: &ClientGccBlocks) -> Vec<String> {
+        let channels = blocks.network.as_ref().map(|n| n.channels.as_slice()).unwrap_or_default();
+        channels.iter().map(|c| c.name.as_str().unwrap_or("?").to_string()).collect()
+    }
+
+    /// The target is never asked for the graphics pipeline (its stream would not be
+    /// decodable at replay), is told the protocol it selected itself, and never sees the name
+    /// of a channel the policy refuses; the other channels and settings pass unchanged.
+    #[test]
+    fn the_target_gets_no_gfx_its_own_protocol_and_no_refused_channel() {
+        let asked = ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL
+            | ClientEarlyCapabilityFlags::SUPPORT_ERR_INFO_PDU
+            | ClientEarlyCapabilityFlags::VALID_CONNECTION_TYPE;
+        let frame = connect_initial(asked, &["rdpsnd", "cliprdr", "rdpdr", "drdynvc"]);
+        assert!(decoded(&frame).core.optional_data.early_capability_flags.is_some_and(|f| f.contains(asked)));
+
+        let (out, settings) =
+            rewrite_connect_initial(&frame, SecurityProtocol::SSL, &Channels::default()).expect("rewrite");
+        let blocks = decoded(&out);
+        let flags = blocks.core.optional_data.early_capability_flags.expect("flags");
+        assert!(!flags.contains(ClientEarlyCapabilityFlags::SUPPORT_DYN_VC_GFX_PROTOCOL), "GFX still asked for");
+        assert!(flags.contains(
+            ClientEarlyCapabilityFlags::SUPPORT_ERR_INFO_PDU | ClientEarlyCapabilityFlags::VALID_CONNECTION_TYPE
+        ));
+        assert_eq!(blocks.core.optional_data.server_selected_protocol, Some(SecurityProtocol::SSL));
+        let names = channel_names(&blocks);
+        assert_eq!(
+            names,
+            ["rdpsnd", "_pstk1", "_pstk2", "drdynvc"],
+            "refused channels keep their place, not their name"
+        );
+        assert_eq!(settings.refused, ["cliprdr", "rdpdr"]);
+        assert_eq!((settings.width, settings.height, settings.keyboard_layout), (1280, 800, 0x407));
+
+        let open = Channels { rdp_clipboard: true, ..Channels::default() };
+        let (out, settings) = rewrite_connect_initial(&frame, SecurityProtocol::HYBRID, &open).expect("rewrite");
+        let names = channel_names(&decoded(&out));
+        assert_eq!(names, ["rdpsnd", "cliprdr", "_pstk2", "drdynvc"]);
+        assert_eq!(settings.refused, ["rdpdr"]);
+        // Bytes that are not a Connect Initial are a protocol error, not a panic.
+        assert!(rewrite_connect_initial(&frame[..frame.len() / 2], SecurityProtocol::SSL, &open).is_err());
+    }
+}

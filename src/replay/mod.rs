@@ -14,6 +14,7 @@ pub mod player;
 pub mod rdp;
 pub mod rdp_channels;
 pub mod rdp_keys;
+pub mod rdp_view;
 pub mod transcript;
 
 use std::io::BufRead;

@@ -315,7 +315,12 @@ fn rgb(img: &DecodedImage, size: (u16, u16)) -> Vec<u8> {
 /// Decodes `records` and writes frames: with `every` seconds, a frame at each multiple of it
 /// when the screen changed since the last one written, and always the last. A PNG export
 /// writes each frame once; a video repeats frames to keep the recording's pace.
-pub fn export(header: &serde_json::Value, records: &[Record], every: f64, sink: &mut Sink) -> anyhow::Result<Exported> {
+pub fn export(
+    header: &serde_json::Value,
+    records: impl IntoIterator<Item = impl std::borrow::Borrow<Record>>,
+    every: f64,
+    sink: &mut Sink,
+) -> anyhow::Result<Exported> {
     if every.is_nan() || every <= 0.0 {
         bail!("--every must be above 0 seconds");
     }
@@ -327,6 +332,7 @@ pub fn export(header: &serde_json::Value, records: &[Record], every: f64, sink: 
     let mut video_frames = 0u64;
     let mut last_at = 0u64;
     for r in records {
+        let r = r.borrow();
         // Frames due before this record show the screen as it was.
         while next_due <= r.at_micros {
             emit(&mut dec, next_due, sink, &mut done, &mut video_frames, false)?;
@@ -393,9 +399,13 @@ fn emit(
 }
 
 /// The desktop size the first frame will have (for `--video`).
-pub fn first_size(header: &serde_json::Value, records: &[Record]) -> (u16, u16) {
+pub fn first_size(
+    header: &serde_json::Value,
+    records: impl IntoIterator<Item = impl std::borrow::Borrow<Record>>,
+) -> (u16, u16) {
     let mut dec = Decoder::new(header);
     for r in records {
+        let r = r.borrow();
         if r.kind == SERVER_TO_CLIENT {
             let _ = dec.feed(&r.data);
             if let Some(i) = dec.image() {

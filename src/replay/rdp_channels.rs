@@ -690,7 +690,10 @@ impl Splitter {
 }
 
 /// The channel log of a recording (`header` names the static channels in the target's order).
-pub fn channel_log(header: &serde_json::Value, records: &[Record]) -> Vec<ChannelLine> {
+pub fn channel_log(
+    header: &serde_json::Value,
+    records: impl IntoIterator<Item = impl std::borrow::Borrow<Record>>,
+) -> Vec<ChannelLine> {
     let names: Vec<String> = header["channels"]
         .as_array()
         .into_iter()
@@ -705,6 +708,7 @@ pub fn channel_log(header: &serde_json::Value, records: &[Record]) -> Vec<Channe
     let mut client = Splitter::default();
     let mut found_ids = false;
     for r in records {
+        let r = r.borrow();
         log.t = r.at_micros as f64 / 1_000_000.0;
         match r.kind {
             SERVER_TO_CLIENT => {

@@ -315,10 +315,13 @@ impl KeyLog {
 
 /// The vendor's input as key-log lines (typed text per line, clicks), with the keyboard layout
 /// the recording's header names.
-pub fn key_log(header: &serde_json::Value, records: &[Record]) -> Vec<KeyLine> {
+pub fn key_log(
+    header: &serde_json::Value,
+    records: impl IntoIterator<Item = impl std::borrow::Borrow<Record>>,
+) -> Vec<KeyLine> {
     let mut log = KeyLog::new(header);
     for r in records {
-        log.feed(r);
+        log.feed(r.borrow());
     }
     log.finish()
 }

@@ -179,17 +179,20 @@ async fn index_rdp(app: &App, session: &str, locator: &str) -> anyhow::Result<us
     let store = storage::for_app(app);
     let loc = locator.to_string();
     let lines = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<IndexedLine>> {
-        let raw = store.open(&loc).with_context(|| format!("cannot read recording {loc}"))?;
-        let (header, records) = crate::recording::frames::read(raw)?;
-        let mut lines: Vec<IndexedLine> = crate::replay::rdp_keys::key_log(&header, &records)
-            .into_iter()
-            .filter(|l| l.kind == "keys")
-            .take(MAX_LINES)
-            .map(|l| (l.t, Kind::Input, l.text))
-            .collect();
+        // Two streaming passes (keys, then channels): one record in memory at a time.
+        let open = || store.open(&loc).with_context(|| format!("cannot read recording {loc}"));
+        let (header, mut records) = crate::recording::frames::Records::open(open()?)?;
+        let keys = crate::replay::rdp_keys::key_log(&header, records.by_ref());
+        // A cut last record (a gateway killed mid-write) leaves the whole ones indexed.
+        records.end()?;
+        let mut lines: Vec<IndexedLine> =
+            keys.into_iter().filter(|l| l.kind == "keys").take(MAX_LINES).map(|l| (l.t, Kind::Input, l.text)).collect();
         // What went through the clipboard and drive channels: clipboard text (a line per
         // line), file names and drive paths, as gateway notes.
-        for c in crate::replay::rdp_channels::channel_log(&header, &records) {
+        let (_, mut records) = crate::recording::frames::Records::open(open()?)?;
+        let channels = crate::replay::rdp_channels::channel_log(&header, records.by_ref());
+        records.end()?;
+        for c in channels {
             for text in crate::replay::rdp_channels::search_lines(&c) {
                 if lines.len() >= MAX_LINES {
                     break;

@@ -18,6 +18,7 @@ const PLAYER_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/assets/asciin
 const PLAYER_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/assets/asciinema-player.css"));
 const REPLAY_JS: &[u8] = include_bytes!("static/replay.js");
 const NOTICES_JS: &[u8] = include_bytes!("static/notices.js");
+const RDP_PLAYER_JS: &[u8] = include_bytes!("static/rdp-player.js");
 
 /// One embedded file.
 struct Asset {
@@ -31,6 +32,7 @@ const ASSETS: &[Asset] = &[
     Asset { name: "asciinema-player.css", content_type: "text/css; charset=utf-8", body: PLAYER_CSS },
     Asset { name: "replay.js", content_type: "text/javascript; charset=utf-8", body: REPLAY_JS },
     Asset { name: "notices.js", content_type: "text/javascript; charset=utf-8", body: NOTICES_JS },
+    Asset { name: "rdp-player.js", content_type: "text/javascript; charset=utf-8", body: RDP_PLAYER_JS },
 ];
 
 /// The first 16 hex digits of the SHA-256 of all assets: the URL prefix of this build's files.

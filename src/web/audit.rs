@@ -31,11 +31,11 @@ const PAGE: i64 = 50;
 const MAX_DOWNLOAD: u64 = 256 * 1024 * 1024;
 /// The replay page may run the player's WebAssembly terminal (`wasm-unsafe-eval` allows
 /// WebAssembly compilation, not JavaScript `eval`).
-const REPLAY_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; \
+pub(super) const REPLAY_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; \
     style-src 'self'; img-src 'self' data:; font-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// A session the caller may read (its own, for a vendor), or 403/404.
-async fn readable(web: &Web, c: &Caller, id: &str) -> Result<sessions::SessionRow, WebError> {
+pub(super) async fn readable(web: &Web, c: &Caller, id: &str) -> Result<sessions::SessionRow, WebError> {
     let id = session_id(id)?;
     let s = sessions::get(&web.app, id).await?;
     match s {
@@ -194,11 +194,11 @@ async fn sessions_page(State(web): State<Web>, h: HeaderMap, Query(q): Query<Ses
              <th scope=\"col\">Target</th><th scope=\"col\">Protocol</th><th scope=\"col\">End</th><th scope=\"col\">Recording</th></tr></thead><tbody>",
         );
         for s in rows.iter().take(PAGE as usize) {
-            let links = if s.protocol == "ssh" && s.recording_path.is_some() {
-                let mut l = format!(
-                    "<a href=\"/audit/sessions/{id}/replay\">Replay</a> · <a href=\"/audit/sessions/{id}/cast\" download>.cast</a>",
-                    id = esc(&s.id)
-                );
+            let links = if s.recording_path.is_some() {
+                let mut l = format!("<a href=\"/audit/sessions/{id}/replay\">Replay</a>", id = esc(&s.id));
+                if s.protocol == "ssh" {
+                    let _ = write!(l, " · <a href=\"/audit/sessions/{id}/cast\" download>.cast</a>", id = esc(&s.id));
+                }
                 if c.sees_all() {
                     let _ = write!(l, " · <a href=\"/audit/sessions/{id}/evidence\" download>Evidence bundle</a>", id = esc(&s.id));
                 }
@@ -311,6 +311,9 @@ async fn replay_page(
     let res = async {
         let c = caller(&web, &h).await?;
         let s = readable(&web, &c, &id).await?;
+        if s.protocol == "rdp" {
+            return super::rdp_replay::page(&web, &c, &s, q.t, q.speed).await;
+        }
         let start = q.t.filter(|t| t.is_finite()).unwrap_or(0.0).clamp(0.0, 1e9);
         let speed = q.speed.filter(|s| s.is_finite()).unwrap_or(1.0).clamp(0.25, 16.0);
         let mut speeds = String::new();
@@ -502,6 +505,7 @@ pub(super) fn routes() -> Router<Web> {
         .route("/audit/search", get(search_page))
         .route("/audit/log", get(log_page))
         .route("/audit/sessions/{id}/replay", get(replay_page))
+        .route("/audit/sessions/{id}/frame", get(super::rdp_replay::frame))
         .route("/audit/sessions/{id}/cast", get(cast_download))
         .route("/audit/sessions/{id}/evidence", get(evidence_download))
 }

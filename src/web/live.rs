@@ -47,6 +47,10 @@ async fn watch_page(State(web): State<Web>, h: HeaderMap, Path(id): Path<String>
         let s = crate::sessions::get(&web.app, id)
             .await?
             .ok_or_else(|| crate::error::Error::NotFound(format!("unknown session {id}")))?;
+        if s.protocol == "rdp" {
+            let s = live::watch_rdp(&web.app, &c.user, id, "web").await?;
+            return super::rdp_replay::live_page(&web, &c, &s).await;
+        }
         let body = format!(
             "<p>{u} → {t}, since {since}. <span id=\"live-status\" role=\"status\">Connecting…</span></p>\
              <pre id=\"screen\" class=\"screen\" tabindex=\"0\" aria-label=\"Screen of session {id} (read-only)\"></pre>\
@@ -156,9 +160,47 @@ async fn follow(web: Web, h: HeaderMap, mut w: Watcher, mut socket: WebSocket) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
+#[derive(serde::Deserialize)]
+struct LiveFrameQuery {
+    p: Option<String>,
+}
+
+/// The latest screen of a live RDP session (`204`: unchanged for this player;
+/// `x-penstock-ended: 1` once the session is over).
+async fn watch_frame(
+    State(web): State<Web>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LiveFrameQuery>,
+) -> Response {
+    let res = async {
+        let c = watcher(&web, &h).await?;
+        let id = session_id(&id)?.to_string();
+        let (ended, locator) = match live::live_rdp(&web.app, &id).await {
+            Ok(s) => (false, s.recording_path),
+            // Just ended: the rest of the recording is still shown once.
+            Err(_) => match crate::sessions::get(&web.app, &id).await? {
+                Some(s) if s.protocol == "rdp" && s.ended_at.is_some() => (true, s.recording_path),
+                _ => {
+                    return Err(
+                        crate::error::Error::NotFound(format!("session {id} is not live on this gateway")).into()
+                    )
+                }
+            },
+        };
+        let locator = locator.ok_or_else(|| crate::error::Error::NotFound(format!("session {id} has no recording")))?;
+        let player = super::rdp_replay::player_id(q.p)?;
+        let key = format!("live/{}/{id}/{player}", c.user.id);
+        super::rdp_replay::frame_response(&web, key, locator, u64::MAX, false, ended).await
+    }
+    .await;
+    res.unwrap_or_else(|e| e.into_response())
+}
+
 pub(super) fn routes() -> Router<Web> {
     Router::new()
         .route("/static/live.js", get(script))
         .route("/sessions/{id}/watch", get(watch_page))
         .route("/sessions/{id}/watch/ws", get(watch_ws))
+        .route("/sessions/{id}/watch/frame", get(watch_frame))
 }

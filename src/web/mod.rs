@@ -9,6 +9,7 @@ mod assets;
 mod audit;
 mod live;
 mod pages;
+mod rdp_replay;
 mod vendor;
 
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,8 @@ pub const COOKIE: &str = "__Host-penstock";
 pub struct Web {
     app: App,
     tz: chrono_tz::Tz,
+    /// RDP players' decoders, kept between their frame requests.
+    views: Arc<crate::replay::rdp_view::Views>,
 }
 
 /// The client's address, set per connection.
@@ -246,7 +249,7 @@ pub async fn start(app: App) -> anyhow::Result<Option<SocketAddr>> {
     let listener =
         TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on [web] listen {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    let router = router(Web { app, tz });
+    let router = router(Web { app, tz, views: Arc::default() });
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {

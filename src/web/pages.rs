@@ -474,7 +474,7 @@ async fn sessions_page(State(web): State<Web>, h: HeaderMap, Query(d): Query<Don
                 down = s.bytes_down
             );
             // Live view follows terminal recordings (SSH); RDP sessions have none yet.
-            if crate::live::may_watch(&c.user) && s.protocol == "ssh" {
+            if crate::live::may_watch(&c.user) {
                 let _ = write!(body, " · <a href=\"/sessions/{id}/watch\">Watch {u}'s session</a>", id = esc(&s.id), u = esc(&s.user));
             }
             if c.may_act() {

@@ -33,3 +33,18 @@ export const logIn = async (page, url, user, password, code) => {
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.waitForURL('**/requests');
 };
+
+// Collects the page's console errors and uncaught exceptions in `errors`; `fail(msg)` saves the
+// page to `shots`/failure.png, prints `msg` with those errors, closes the browser and exits 1.
+export const watchErrors = (page, context, shots) => {
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const fail = async (msg) => {
+    await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
+    console.error(`${msg}\nconsole errors: ${errors.join(' | ')}`);
+    await context.close();
+    process.exit(1);
+  };
+  return { errors, fail };
+};

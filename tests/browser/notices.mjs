@@ -3,7 +3,7 @@
 // e.g. "ends in 9 minutes") is in the banner, prints "seen notice", then waits (no reload) until
 // the banner is gone after the session ended. Screenshots go to PENSTOCK_SHOTS.
 // Driven by tests/web_live.rs (browser_vendor_sees_ending_notice).
-import { launch, logIn, need } from './common.mjs';
+import { launch, logIn, need, watchErrors } from './common.mjs';
 import { join } from 'node:path';
 
 const url = need('PENSTOCK_URL');
@@ -15,14 +15,7 @@ const shots = need('PENSTOCK_SHOTS');
 
 const context = await launch({ width: 1000, height: 700 });
 const page = context.pages()[0] ?? await context.newPage();
-const errors = [];
-page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-const fail = async (msg) => {
-  await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(`${msg}\nconsole errors: ${errors.join(' | ')}`);
-  await context.close();
-  process.exit(1);
-};
+const { errors, fail } = watchErrors(page, context, shots);
 page.setDefaultTimeout(30000);
 await logIn(page, url, user, password, code);
 await page.goto(new URL('/grants', url).href);

@@ -3,7 +3,7 @@
 // asciinema-player's rendered lines in the DOM): the word is on it and PENSTOCK_LATER (typed
 // seconds later) is not, until play is pressed. Screenshots go to
 // PENSTOCK_SHOTS. Driven by tests/web_live.rs (browser_auditor_search_opens_replay_at_hit).
-import { launch, logIn, need } from './common.mjs';
+import { launch, logIn, need, watchErrors } from './common.mjs';
 import { join } from 'node:path';
 
 const url = need('PENSTOCK_URL');
@@ -17,15 +17,7 @@ const shots = need('PENSTOCK_SHOTS');
 
 const context = await launch({ width: 1100, height: 900 });
 const page = context.pages()[0] ?? await context.newPage();
-const errors = [];
-page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-page.on('pageerror', (e) => errors.push(String(e)));
-const fail = async (msg) => {
-  await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(`${msg}\nconsole errors: ${errors.join(' | ')}`);
-  await context.close();
-  process.exit(1);
-};
+const { errors, fail } = watchErrors(page, context, shots);
 page.setDefaultTimeout(30000);
 await logIn(page, url, user, password, code);
 await page.getByRole('link', { name: 'Recordings' }).click();

@@ -59,3 +59,22 @@ pub fn x_tool(display: &Display, prog: &str, args: &[&str]) {
         .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
     assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Whether an RDP server answers on `127.0.0.1:port`: an X.224 Connection Request (asking for
+/// TLS or NLA) gets a Connection Confirm within 5 s. A server can listen and then die, or
+/// accept before it is ready; a listening socket alone does not show it will serve the next
+/// client.
+pub fn rdp_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let timeout = Some(std::time::Duration::from_secs(5));
+    if s.set_read_timeout(timeout).is_err() || s.set_write_timeout(timeout).is_err() {
+        return false;
+    }
+    // TPKT (19 bytes) | X.224 CR (class 0) | RDP_NEG_REQ: PROTOCOL_SSL | PROTOCOL_HYBRID.
+    let request = [3u8, 0, 0, 19, 14, 0xe0, 0, 0, 0, 0, 0, 1, 0, 8, 0, 3, 0, 0, 0];
+    let mut reply = [0u8; 6];
+    s.write_all(&request).is_ok() && s.read_exact(&mut reply).is_ok() && reply[0] == 3 && reply[5] == 0xd0
+}

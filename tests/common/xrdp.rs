@@ -154,7 +154,12 @@ impl Xrdp {
         );
         std::fs::write(dir.join("xrdp.ini"), xrdp_ini).expect("xrdp.ini");
         std::fs::write(dir.join("sesman.ini"), sesman_ini).expect("sesman.ini");
+        // As Debian's `xrdp.service` leaves it (/usr/share/xrdp/socksetup): every session's
+        // user (chansrv runs as that user) makes its sockets there. Without a systemd boot,
+        // nobody else does.
         std::fs::create_dir_all("/run/xrdp/sockdir").expect("/run/xrdp/sockdir");
+        std::fs::set_permissions("/run/xrdp/sockdir", std::os::unix::fs::PermissionsExt::from_mode(0o3777))
+            .expect("chmod sockdir");
         let spawn = |prog: &str, ini: &str, out: &str| {
             Proc(
                 die_with_parent(
@@ -173,7 +178,7 @@ impl Xrdp {
         let xrdp = spawn("xrdp", "xrdp.ini", "xrdp.out");
         let x = Xrdp { port, dir, user: user.to_string(), xrdp, sesman, _tmp: tmp };
         let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !super::x11::rdp_answers(port) {
             assert!(Instant::now() < end, "xrdp did not listen on {port}:\n{}", x.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
