@@ -569,8 +569,14 @@ fn three_nodes_keep_one_chain_and_one_jobs_runner() {
         assert!(out.contains(&want), "{out}");
     }
 
+    // A client has its exit status before its session's end is audited (the recording is
+    // hashed after the relay stops): wait for all of them, then read the whole chain.
+    let ended_count = |events: &[Value]| events.iter().filter(|e| e["kind"] == "session.ended").count();
+    let events = eventually("not every session's end was audited", Duration::from_secs(15), || {
+        let events = lab.audit();
+        (ended_count(&events) >= 3 * PER_NODE).then_some(events)
+    });
     // One chain: consecutive sequence numbers, each linked to the one before.
-    let events = lab.audit();
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gaps or duplicates in the chain");
     for w in events.windows(2) {
@@ -578,8 +584,7 @@ fn three_nodes_keep_one_chain_and_one_jobs_runner() {
     }
     let verified = lab.install.ok(&["audit", "verify"]);
     assert!(verified.contains("intact"), "{verified}");
-    let ended: usize = events.iter().filter(|e| e["kind"] == "session.ended").count();
-    assert_eq!(ended, 3 * PER_NODE, "session.ended events");
+    assert_eq!(ended_count(&events), 3 * PER_NODE, "session.ended events");
 
     // Each node counted its own.
     for p in &ports {
